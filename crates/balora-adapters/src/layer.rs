@@ -1,0 +1,292 @@
+//! `LoraLinear`: a frozen linear layer with an optional low-rank adapter.
+//!
+//! The base weight is kept in PyTorch's `[out, in]` layout: Hugging Face checkpoints and peft's
+//! `lora_A [r, in]` / `lora_B [out, r]` then load without transposes, and `x·Wᵀ` is a strided
+//! view on every backend, not a copy.
+
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, DropoutConfig};
+use burn::tensor::module::linear;
+use burn::tensor::{Tensor, assert_shape};
+
+use crate::init::initial_factors;
+use crate::{AdapterError, LoraConfig};
+
+/// Which network a forward pass computes.
+///
+/// `Teacher` is BA-LoRA's frozen reference model (spec Decision 4): base weights plus the
+/// adapter's *initial* factors. Under PiSSA that is `W_res + s·B₀·A₀ = W`, the pretrained model,
+/// up to rounding; under plain LoRA (`B₀ = 0`) it is the base model. No second copy of the model
+/// is ever held, and nothing in the teacher path requires gradients, so autodiff records nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardMode {
+    /// The model being trained (or evaluated): base + current adapter.
+    #[default]
+    Adapted,
+    /// The frozen pretrained reference: base + initial adapter, never tracked by autodiff.
+    Teacher,
+}
+
+/// The frozen starting point `(A₀, B₀)` of an adapter whose `B₀ ≠ 0` (PiSSA).
+#[derive(Module, Debug)]
+pub struct InitialAdapter {
+    /// `A₀`, `[r, in]`, frozen.
+    pub lora_a: Param<Tensor<2>>,
+    /// `B₀`, `[out, r]`, frozen.
+    pub lora_b: Param<Tensor<2>>,
+}
+
+/// The trainable low-rank update `ΔW = s·B·A` of one layer.
+#[derive(Module, Debug)]
+pub struct LoraAdapter {
+    /// `lora_A`, `[r, in]`, trainable.
+    pub lora_a: Param<Tensor<2>>,
+    /// `lora_B`, `[out, r]`, trainable.
+    pub lora_b: Param<Tensor<2>>,
+    /// The frozen initial factors, kept only when they are not a zero update (PiSSA); for
+    /// Gaussian init `B₀ = 0`, so the teacher is the base layer and nothing needs keeping.
+    pub initial: Option<InitialAdapter>,
+    /// Dropout on the adapter branch's input.
+    pub dropout: Dropout,
+    /// `s = α/r` or `α/√r`.
+    pub scale: f64,
+    /// Whether `s·B·A` is currently folded into the base weight.
+    pub merged: bool,
+}
+
+impl LoraAdapter {
+    /// Rank `r`.
+    pub fn rank(&self) -> usize {
+        self.lora_a.shape().dims::<2>()[0]
+    }
+
+    /// `s·(dropout(x)·Aᵀ)·Bᵀ`: the update applied on the activation side, so the dense
+    /// `out×in` ΔW is never formed in the training forward (it would cost a weight-sized
+    /// tensor per layer, kept alive for the backward).
+    fn delta<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let h = linear(self.dropout.forward(x), self.lora_a.val().transpose(), None);
+        linear(h, self.lora_b.val().transpose(), None).mul_scalar(self.scale)
+    }
+
+    /// The dense update `s·B·A`, `[out, in]` (merging, conversion, tests).
+    pub fn delta_weight(&self) -> Tensor<2> {
+        self.lora_b
+            .val()
+            .matmul(self.lora_a.val())
+            .mul_scalar(self.scale)
+    }
+}
+
+/// A linear layer `y = x·Wᵀ + b` with a frozen base and an optional LoRA adapter:
+/// `y = x·Wᵀ + b + s·(dropout(x)·Aᵀ)·Bᵀ`.
+///
+/// Models build every projection as a `LoraLinear` with no adapter; injection
+/// ([`crate::inject`]) attaches adapters to the targeted ones. Without an adapter the layer is
+/// exactly a linear layer with PyTorch's weight layout.
+#[derive(Module, Debug)]
+pub struct LoraLinear {
+    /// Base weight `[out, in]`, frozen. After PiSSA initialisation: the residual `W − s·B₀·A₀`.
+    pub weight: Param<Tensor<2>>,
+    /// Base bias `[out]`, frozen.
+    pub bias: Option<Param<Tensor<1>>>,
+    /// The adapter, when this layer is targeted.
+    pub adapter: Option<LoraAdapter>,
+}
+
+impl LoraLinear {
+    /// A frozen layer from a weight `[out, in]` and an optional bias `[out]`.
+    ///
+    /// # Panics
+    ///
+    /// If the bias length differs from `out`.
+    pub fn new(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
+        let [out, _] = weight.dims();
+        if let Some(b) = &bias {
+            assert_shape!(b, [out]);
+        }
+        Self {
+            weight: Param::from_tensor(weight).set_require_grad(false),
+            bias: bias.map(|b| Param::from_tensor(b).set_require_grad(false)),
+            adapter: None,
+        }
+    }
+
+    /// `[out, in]`.
+    pub fn dims(&self) -> [usize; 2] {
+        self.weight.shape().dims()
+    }
+
+    /// Forward in [`ForwardMode::Adapted`].
+    ///
+    /// # Shapes
+    ///
+    /// - input: `[..., in]`
+    /// - output: `[..., out]`
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        self.forward_mode(x, ForwardMode::Adapted)
+    }
+
+    /// Forward as the adapted model or as the frozen teacher.
+    ///
+    /// # Shapes
+    ///
+    /// - input: `[..., in]`
+    /// - output: `[..., out]`
+    ///
+    /// # Panics
+    ///
+    /// If the last axis of `x` is not `in`.
+    pub fn forward_mode<const D: usize>(&self, x: Tensor<D>, mode: ForwardMode) -> Tensor<D> {
+        let [_, d_in] = self.dims();
+        assert_shape!(x, [.., d_in]);
+        let base = linear(
+            x.clone(),
+            self.weight.val().transpose(),
+            self.bias.as_ref().map(|b| b.val()),
+        );
+        let Some(adapter) = &self.adapter else {
+            return base;
+        };
+        match mode {
+            ForwardMode::Adapted if adapter.merged => base,
+            ForwardMode::Adapted => base + adapter.delta(x),
+            ForwardMode::Teacher => {
+                let s = adapter.scale;
+                let mut y = base;
+                if adapter.merged {
+                    // The merged weight holds s·B·A; the teacher must not see it.
+                    let h = linear(x.clone(), adapter.lora_a.val().detach().transpose(), None);
+                    y = y - linear(h, adapter.lora_b.val().detach().transpose(), None).mul_scalar(s);
+                }
+                if let Some(init) = &adapter.initial {
+                    let h = linear(x, init.lora_a.val().transpose(), None);
+                    y = y + linear(h, init.lora_b.val().transpose(), None).mul_scalar(s);
+                }
+                y
+            }
+        }
+    }
+
+    /// Attach a freshly initialised adapter per `config` (PiSSA rewrites the base weight into
+    /// the residual). `path` names the layer in errors and seeds its random stream.
+    pub fn attach(&mut self, path: &str, config: &LoraConfig) -> Result<(), AdapterError> {
+        if self.adapter.is_some() {
+            return Err(AdapterError::AlreadyAdapted {
+                layer: path.to_string(),
+            });
+        }
+        config.validate()?;
+        let weight = self.weight.val().detach();
+        let init = initial_factors(&weight, config, path)?;
+        if let Some(residual) = init.residual {
+            self.weight = self
+                .weight
+                .clone()
+                .map(|_| residual)
+                .set_require_grad(false);
+        }
+        let initial = config.init.is_pissa().then(|| InitialAdapter {
+            lora_a: Param::from_tensor(init.lora_a.clone()).set_require_grad(false),
+            lora_b: Param::from_tensor(init.lora_b.clone()).set_require_grad(false),
+        });
+        self.adapter = Some(LoraAdapter {
+            lora_a: Param::from_tensor(init.lora_a),
+            lora_b: Param::from_tensor(init.lora_b),
+            initial,
+            dropout: DropoutConfig::new(config.lora_dropout).init(),
+            scale: config.scale(),
+            merged: false,
+        });
+        Ok(())
+    }
+
+    /// Attach an adapter with given trainable factors (loading a saved LoRA adapter). The
+    /// teacher stays the base layer, i.e. the pretrained model the adapter was trained from.
+    pub fn attach_factors(
+        &mut self,
+        path: &str,
+        lora_a: Tensor<2>,
+        lora_b: Tensor<2>,
+        scale: f64,
+    ) -> Result<(), AdapterError> {
+        if self.adapter.is_some() {
+            return Err(AdapterError::AlreadyAdapted {
+                layer: path.to_string(),
+            });
+        }
+        let [out, inp] = self.dims();
+        let [r, a_in] = lora_a.dims();
+        let [b_out, b_r] = lora_b.dims();
+        if a_in != inp || r == 0 {
+            return Err(AdapterError::Shape {
+                layer: path.to_string(),
+                what: "lora_A",
+                expected: vec![r.max(1), inp],
+                found: vec![r, a_in],
+            });
+        }
+        if b_out != out || b_r != r {
+            return Err(AdapterError::Shape {
+                layer: path.to_string(),
+                what: "lora_B",
+                expected: vec![out, r],
+                found: vec![b_out, b_r],
+            });
+        }
+        self.adapter = Some(LoraAdapter {
+            lora_a: Param::from_tensor(lora_a),
+            lora_b: Param::from_tensor(lora_b),
+            initial: None,
+            dropout: DropoutConfig::new(0.0).init(),
+            scale,
+            merged: false,
+        });
+        Ok(())
+    }
+
+    /// Fold `s·B·A` into the base weight (inference without the extra matmuls). Idempotent;
+    /// returns whether anything changed.
+    pub fn merge(&mut self) -> bool {
+        self.fold(true)
+    }
+
+    /// Undo [`merge`](Self::merge). Idempotent; returns whether anything changed.
+    pub fn unmerge(&mut self) -> bool {
+        self.fold(false)
+    }
+
+    fn fold(&mut self, merge: bool) -> bool {
+        let Some(adapter) = &mut self.adapter else {
+            return false;
+        };
+        if adapter.merged == merge {
+            return false;
+        }
+        let delta = adapter.delta_weight().detach();
+        self.weight = self.weight.clone().map(|w| {
+            let w = if merge { w + delta } else { w - delta };
+            w.set_require_grad(false)
+        });
+        adapter.merged = merge;
+        true
+    }
+
+    /// Remove the adapter and return the plain base layer's weight to `W` as it was before
+    /// attaching (for PiSSA: `W_res + s·B₀·A₀`). Returns the removed adapter.
+    pub fn detach_adapter(&mut self) -> Option<LoraAdapter> {
+        self.unmerge();
+        let adapter = self.adapter.take()?;
+        if let Some(init) = &adapter.initial {
+            let w0 = init
+                .lora_b
+                .val()
+                .matmul(init.lora_a.val())
+                .mul_scalar(adapter.scale);
+            self.weight = self
+                .weight
+                .clone()
+                .map(|w| (w + w0).set_require_grad(false));
+        }
+        Some(adapter)
+    }
+}

@@ -1,0 +1,42 @@
+//! LoRA-family adapters for Burn, defined once for every backend.
+//!
+//! * [`LoraLinear`]: frozen base weight + optional trainable low-rank update, applied on the
+//!   activation side (`x·Wᵀ + s·(dropout(x)·Aᵀ)·Bᵀ`), with merge/unmerge and a
+//!   [teacher mode](ForwardMode::Teacher) that reproduces the pretrained layer from the frozen
+//!   initial factors (BA-LoRA's reference model without a second model in memory).
+//! * Initialisation: peft's Kaiming/zero ([`InitMode::Gaussian`]), PiSSA with a full thin SVD
+//!   ([`InitMode::Pissa`]) or a randomized one ([`InitMode::PissaFast`]); the SVD runs on the
+//!   host with faer.
+//! * Targeting with peft's `target_modules` semantics and injection into any model that lists
+//!   its linear layers through [`AdapterSlots`].
+//!
+//! The crate knows nothing about files, models or training loops.
+//!
+//! ```
+//! use balora_adapters::{LoraConfig, LoraLinear, TargetModules, InitMode};
+//! use burn::tensor::{Device, Tensor, Distribution};
+//!
+//! let device = Device::default().autodiff();
+//! let w = Tensor::<2>::random([16, 8], Distribution::Normal(0.0, 1.0), &device);
+//! let mut layer = LoraLinear::new(w, None);
+//! let config = LoraConfig::new(4, TargetModules::names(["q_proj"])).with_init(InitMode::Pissa);
+//! layer.attach("q_proj", &config).unwrap();
+//! let x = Tensor::<2>::ones([2, 8], &device);
+//! let y = layer.forward(x);          // = x·Wᵀ at initialisation (PiSSA preserves W)
+//! assert_eq!(y.dims(), [2, 16]);
+//! ```
+
+mod config;
+mod error;
+mod init;
+mod layer;
+mod slots;
+pub mod svd;
+
+pub use config::{InitMode, LoraConfig, TargetMatcher, TargetModules};
+pub use error::AdapterError;
+pub use init::{InitialFactors, initial_factors};
+pub use layer::{ForwardMode, InitialAdapter, LoraAdapter, LoraLinear};
+pub use slots::{
+    AdapterSlots, InjectionReport, inject, merge_all, trainable_adapter_params, unmerge_all,
+};

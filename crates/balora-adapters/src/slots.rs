@@ -1,0 +1,99 @@
+//! The seam between models and adapters: a model lists its linear layers by module path, and
+//! injection attaches adapters to the targeted ones.
+
+use burn::module::Module;
+
+use crate::{AdapterError, LoraConfig, LoraLinear};
+
+/// A model whose linear layers are [`LoraLinear`] slots, addressed by their Hugging Face
+/// module paths (`model.layers.0.self_attn.q_proj`), which are also the paths in peft's adapter
+/// keys (`base_model.model.<path>.lora_A.weight`).
+///
+/// Models implement this by visiting their fields in a fixed order; the trainer and the
+/// adapter file format use it without knowing the architecture.
+pub trait AdapterSlots {
+    /// Visit every adaptable linear layer, read-only.
+    fn visit_slots(&self, f: &mut dyn FnMut(&str, &LoraLinear));
+    /// Visit every adaptable linear layer, mutably.
+    fn visit_slots_mut(&mut self, f: &mut dyn FnMut(&str, &mut LoraLinear));
+}
+
+/// Summary of an injection, for logs (`trainable params: … || all params: …`, as peft prints).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InjectionReport {
+    /// Paths of the layers that received an adapter, in model order.
+    pub adapted: Vec<String>,
+    /// Number of trainable adapter parameters.
+    pub trainable_params: usize,
+}
+
+/// Freeze the whole model, then attach an adapter configured by `config` to every slot that
+/// `config.target_modules` selects. Only adapter factors require gradients afterwards, so an
+/// optimizer over the model updates nothing else.
+///
+/// Fails if the config is invalid, a target layer cannot take the adapter (rank too large for
+/// PiSSA, SVD failure), or no layer matches the targets at all.
+pub fn inject<M>(model: M, config: &LoraConfig) -> Result<(M, InjectionReport), AdapterError>
+where
+    M: Module + AdapterSlots,
+{
+    config.validate()?;
+    let matcher = config.target_modules.matcher()?;
+    let mut model = model.freeze();
+    let mut adapted = Vec::new();
+    let mut count = 0usize;
+    let mut example = String::new();
+    let mut result = Ok(());
+    model.visit_slots_mut(&mut |path, slot| {
+        count += 1;
+        if example.is_empty() {
+            example = path.to_string();
+        }
+        if result.is_err() || !matcher.matches(path) {
+            return;
+        }
+        result = slot.attach(path, config);
+        adapted.push(path.to_string());
+    });
+    result?;
+    if adapted.is_empty() {
+        return Err(AdapterError::NoTargetMatched {
+            targets: config.target_modules.to_string(),
+            count,
+            example,
+        });
+    }
+    let trainable_params = trainable_adapter_params(&model);
+    Ok((
+        model,
+        InjectionReport {
+            adapted,
+            trainable_params,
+        },
+    ))
+}
+
+/// Number of trainable adapter parameters (`r·(in + out)` per adapted layer).
+pub fn trainable_adapter_params<M: AdapterSlots>(model: &M) -> usize {
+    let mut n = 0;
+    model.visit_slots(&mut |_, slot| {
+        if let Some(a) = &slot.adapter {
+            n += a.lora_a.shape().num_elements() + a.lora_b.shape().num_elements();
+        }
+    });
+    n
+}
+
+/// Merge every adapter into its base weight (see [`LoraLinear::merge`]).
+pub fn merge_all<M: AdapterSlots>(model: &mut M) {
+    model.visit_slots_mut(&mut |_, slot| {
+        slot.merge();
+    });
+}
+
+/// Undo [`merge_all`].
+pub fn unmerge_all<M: AdapterSlots>(model: &mut M) {
+    model.visit_slots_mut(&mut |_, slot| {
+        slot.unmerge();
+    });
+}

@@ -1,0 +1,193 @@
+//! `BaLoraLoss`: the task loss plus the scheduled, weighted regularisers of one step.
+
+use burn::tensor::Tensor;
+
+use crate::{LossError, RegularizerConfig, Task, TokenMask, nlg, nlu};
+
+/// The regularisers of one step, each `None` when its λ is 0 at this step or its inputs are
+/// degenerate (see `skipped`).
+#[derive(Debug, Clone)]
+pub struct Terms {
+    /// Consistency (unweighted).
+    pub consistency: Option<Tensor<1>>,
+    /// Diversity (unweighted).
+    pub diversity: Option<Tensor<1>>,
+    /// SVD (unweighted).
+    pub svd: Option<Tensor<1>>,
+    /// λ1, λ2, λ3 at this step (after schedules and adaptive λ1).
+    pub lambdas: [f64; 3],
+    /// Why a term with λ > 0 was skipped (for a logged warning).
+    pub skipped: Vec<String>,
+}
+
+/// A step's total loss with its parts, for the backward pass and for logging.
+#[derive(Debug, Clone)]
+pub struct LossOutput {
+    /// `L_task + λ1·L_C + λ2·L_D + λ3·L_S`.
+    pub loss: Tensor<1>,
+    /// The task loss as given.
+    pub task: Tensor<1>,
+    /// The regularisers.
+    pub terms: Terms,
+}
+
+/// BA-LoRA's objective for a run of `total_steps` optimizer steps (schedules need the total).
+///
+/// The teacher's logits are requested through a closure, called only when the consistency
+/// term is active this step (λ1(t) > 0): the caller runs the adapted model in teacher mode
+/// (base + frozen initial adapter, Decision 4) or a separate checkpoint model, under no-grad.
+#[derive(Debug, Clone)]
+pub struct BaLoraLoss {
+    config: RegularizerConfig,
+    total_steps: usize,
+}
+
+impl BaLoraLoss {
+    /// Validate `config` and fix the run length.
+    pub fn new(config: RegularizerConfig, total_steps: usize) -> Result<Self, LossError> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            total_steps,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RegularizerConfig {
+        &self.config
+    }
+
+    /// NLU: classification logits `[B, C]`.
+    pub fn nlu<F>(
+        &self,
+        step: usize,
+        task: Tensor<1>,
+        student: Tensor<2>,
+        teacher: F,
+    ) -> Result<LossOutput, LossError>
+    where
+        F: FnOnce() -> Tensor<2>,
+    {
+        self.expect_task(Task::Nlu)?;
+        let lambdas = self.config.lambdas_at(step, self.total_steps);
+        let mut skipped = Vec::new();
+        let consistency = if lambdas[0] > 0.0 {
+            Some(nlu::consistency(student.clone(), teacher())?)
+        } else {
+            None
+        };
+        let diversity = if lambdas[1] > 0.0 {
+            let d = nlu::diversity(student.clone())?;
+            if d.is_none() {
+                skipped.push("diversity: batch of 1 (a covariance needs B ≥ 2)".to_string());
+            }
+            d
+        } else {
+            None
+        };
+        let svd = if lambdas[2] > 0.0 {
+            Some(nlu::svd(
+                student,
+                self.config.svd_k,
+                self.config.svd_objective,
+                self.config.svd_eps,
+            )?)
+        } else {
+            None
+        };
+        Ok(combine(task, consistency, diversity, svd, lambdas, skipped))
+    }
+
+    /// NLG: language-model logits `[B, T, V]` with host labels `[B, T]` (−100 = ignored).
+    pub fn nlg<F>(
+        &self,
+        step: usize,
+        task: Tensor<1>,
+        student: Tensor<3>,
+        labels: &[i64],
+        teacher: F,
+    ) -> Result<LossOutput, LossError>
+    where
+        F: FnOnce() -> Tensor<3>,
+    {
+        self.expect_task(Task::Nlg)?;
+        let c = &self.config;
+        let [b, t, v] = student.dims();
+        let mask = TokenMask::new(labels, [b, t], c.mask, &student)?;
+        let mut lambdas = c.lambdas_at(step, self.total_steps);
+        let mut skipped = Vec::new();
+        let mut skip = |term: &str, why: &str| skipped.push(format!("{term}: {why}"));
+        let consistency = if lambdas[0] > 0.0 {
+            let teacher = teacher().detach();
+            if let Some(adaptive) = &c.adaptive_consistency
+                && let Some(h) = nlg::teacher_entropy(teacher.clone(), &mask, c.temperature)?
+            {
+                lambdas[0] = adaptive.lambda(c.lambda_consistency, h, v);
+            }
+            let term = nlg::consistency(student.clone(), teacher, &mask, c.kl_reduction, c.temperature)?;
+            if term.is_none() {
+                skip("consistency", "no selected token in the batch");
+            }
+            term
+        } else {
+            None
+        };
+        let diversity = if lambdas[1] > 0.0 {
+            let term = nlg::diversity(student.clone(), &mask, c.top_k_entropy, c.entropy_eps)?;
+            if term.is_none() {
+                skip("diversity", "no selected token in the batch");
+            }
+            term
+        } else {
+            None
+        };
+        let svd = if lambdas[2] > 0.0 {
+            let term = nlg::svd(student, &mask, c)?;
+            if term.is_none() {
+                skip("svd", "fewer than 2 selected tokens, or a vanishing denominator");
+            }
+            term
+        } else {
+            None
+        };
+        Ok(combine(task, consistency, diversity, svd, lambdas, skipped))
+    }
+
+    fn expect_task(&self, task: Task) -> Result<(), LossError> {
+        if self.config.task == task {
+            Ok(())
+        } else {
+            Err(LossError::InvalidConfig(format!(
+                "the regulariser is configured for {:?} but was called with {task:?} logits",
+                self.config.task
+            )))
+        }
+    }
+}
+
+fn combine(
+    task: Tensor<1>,
+    consistency: Option<Tensor<1>>,
+    diversity: Option<Tensor<1>>,
+    svd: Option<Tensor<1>>,
+    lambdas: [f64; 3],
+    skipped: Vec<String>,
+) -> LossOutput {
+    let mut loss = task.clone();
+    for (term, lambda) in [&consistency, &diversity, &svd].into_iter().zip(lambdas) {
+        if let Some(term) = term {
+            loss = loss + term.clone().mul_scalar(lambda);
+        }
+    }
+    LossOutput {
+        loss,
+        task,
+        terms: Terms {
+            consistency,
+            diversity,
+            svd,
+            lambdas,
+            skipped,
+        },
+    }
+}

@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""PEFT interop fixtures for balora's adapter files, both directions.
+
+    make  [OUT]   build a tiny random MLP, adapt it with peft (LoRA; rsLoRA with rank/alpha
+                  patterns; PiSSA saved converted to LoRA and unconverted), and write the base
+                  weights, inputs, peft's outputs and peft's adapter directories to OUT
+                  (default tests/fixtures/peft). The Rust test `tests/peft_interop.rs` loads them.
+    check DIR     load adapters that balora saved (DIR/<name>/ + DIR/expected.safetensors, written by
+                  `cargo test --test peft_interop -- --ignored write_adapters_for_peft`) with peft
+                  onto the same base model and compare peft's outputs with balora's.
+
+Pinned: torch==2.15.0 transformers==5.23.0 peft==0.21.2 safetensors==0.8.0 (CPU).
+    python3 -m venv .venv && .venv/bin/pip install torch==2.15.0 transformers==5.23.0 \
+        peft==0.21.2 safetensors==0.8.0 numpy
+"""
+import copy
+import os
+import shutil
+import sys
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_OUT = os.path.join(HERE, "..", "tests", "fixtures", "peft")
+TARGETS = ["q_proj", "v_proj"]
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q_proj = nn.Linear(8, 12)
+        self.v_proj = nn.Linear(12, 8)
+
+    def forward(self, x):
+        return self.v_proj(torch.tanh(self.q_proj(x)))
+
+
+class Tiny(nn.Module):
+    """Two blocks; the Rust twin is `TinyMlp` in tests/peft_interop.rs."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList([Block(), Block()])
+
+    def forward(self, x):
+        for block in self.layers:
+            x = block(x)
+        return x
+
+
+def base_model(out_dir):
+    model = Tiny()
+    model.load_state_dict(load_file(os.path.join(out_dir, "base.safetensors")))
+    return model.eval()
+
+
+def perturb_adapters(model, scale=0.05):
+    """Stand in for training: move every LoRA factor away from its initial value."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.add_(scale * torch.randn_like(p))
+
+
+def make(out_dir):
+    torch.manual_seed(0)
+    os.makedirs(out_dir, exist_ok=True)
+    base = Tiny().eval()
+    save_file({k: v.contiguous() for k, v in base.state_dict().items()},
+              os.path.join(out_dir, "base.safetensors"))
+    x = torch.randn(3, 8)
+    outputs = {"x": x, "y_base": base(x).detach()}
+
+    def adapt(name, config, pissa_init_dir=None):
+        model = get_peft_model(copy.deepcopy(base), config)
+        if pissa_init_dir is not None:
+            # Official PiSSA workflow: keep (A0, B0) with init=True for the conversion.
+            # (`config` is the very object peft stores, so remember the mode first.)
+            mode = model.peft_config["default"].init_lora_weights
+            model.peft_config["default"].init_lora_weights = True
+            model.save_pretrained(pissa_init_dir)
+            model.peft_config["default"].init_lora_weights = mode
+        perturb_adapters(model)
+        outputs[f"y_{name}"] = model(x).detach()
+        return model
+
+    lora = adapt("lora", LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS,
+                                    init_lora_weights=False))
+    lora.save_pretrained(os.path.join(out_dir, "lora"))
+
+    patterned = adapt("rslora_patterns", LoraConfig(
+        r=4, lora_alpha=8, use_rslora=True, target_modules=TARGETS,
+        rank_pattern={"layers.1.q_proj": 2}, alpha_pattern={"v_proj": 3},
+        init_lora_weights=False))
+    patterned.save_pretrained(os.path.join(out_dir, "rslora_patterns"))
+
+    init_dir = os.path.join(out_dir, "_pissa_init")
+    pissa = adapt("pissa", LoraConfig(r=3, lora_alpha=6, target_modules=TARGETS,
+                                      init_lora_weights="pissa"), pissa_init_dir=init_dir)
+    pissa.save_pretrained(os.path.join(out_dir, "pissa_raw"))
+    pissa.save_pretrained(os.path.join(out_dir, "pissa_converted"),
+                          path_initial_model_for_weight_conversion=init_dir)
+    shutil.rmtree(init_dir)
+
+    save_file({k: v.contiguous() for k, v in outputs.items()},
+              os.path.join(out_dir, "outputs.safetensors"))
+    for name in ["lora", "rslora_patterns", "pissa_raw", "pissa_converted"]:
+        os.remove(os.path.join(out_dir, name, "README.md"))  # peft's model-card boilerplate
+    # Cross-check: each saved adapter, reloaded by peft on the original base, reproduces the
+    # outputs above (pissa_raw re-runs the SVD on load).
+    for name in ["lora", "rslora_patterns", "pissa_raw", "pissa_converted"]:
+        model = PeftModel.from_pretrained(base_model(out_dir), os.path.join(out_dir, name))
+        want = outputs["y_" + name.replace("_raw", "").replace("_converted", "")]
+        err = (model(x) - want).abs().max().item()
+        print(f"{name}: peft reload max |Δ| = {err:.2e}")
+        assert err < 1e-5, name
+
+
+def check(adapter_root):
+    expected = load_file(os.path.join(adapter_root, "expected.safetensors"))
+    base_dir = os.path.join(adapter_root, "base")
+    worst = 0.0
+    for name in sorted(os.listdir(adapter_root)):
+        path = os.path.join(adapter_root, name)
+        if not os.path.isfile(os.path.join(path, "adapter_config.json")):
+            continue
+        model = PeftModel.from_pretrained(base_model(base_dir), path)
+        got = model(expected["x"]).detach()
+        err = (got - expected["y_" + name]).abs().max().item()
+        worst = max(worst, err)
+        print(f"{name}: peft output vs balora max |Δ| = {err:.2e}")
+    if worst > 1e-5:
+        sys.exit(f"FAILED: max |Δ| = {worst:.2e}")
+    print("peft reproduces balora's adapted outputs")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 2 and sys.argv[1] == "make":
+        make(sys.argv[2] if len(sys.argv) > 2 else DEFAULT_OUT)
+    elif len(sys.argv) == 3 and sys.argv[1] == "check":
+        check(sys.argv[2])
+    else:
+        sys.exit(__doc__)

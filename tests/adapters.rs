@@ -1,0 +1,342 @@
+//! `LoraLinear` on every backend: exactness of the starting point, PiSSA, merge, teacher mode,
+//! gradients (finite differences in f64 on flex) and wgpu agreement with flex.
+
+use balora::adapters::{
+    AdapterSlots, ForwardMode, InitMode, LoraConfig, LoraLinear, TargetModules, inject,
+    merge_all, unmerge_all,
+};
+use balora::burn::module::Module;
+use balora::burn::tensor::{DType, Device, Tensor};
+use balora_testkit::{
+    assert_grad, f64_device, max_abs_diff, pseudo_random, tensor32, tensor64, values,
+};
+
+const OUT: usize = 6;
+const IN: usize = 5;
+const R: usize = 3;
+
+fn weight(device: &Device, dtype: DType) -> Tensor<2> {
+    let v = pseudo_random(OUT * IN, 1);
+    match dtype {
+        DType::F64 => tensor64(&v, [OUT, IN], device),
+        _ => tensor32(&v, [OUT, IN], device),
+    }
+}
+
+fn input(device: &Device, dtype: DType) -> Tensor<3> {
+    let v = pseudo_random(2 * 3 * IN, 2);
+    match dtype {
+        DType::F64 => tensor64(&v, [2, 3, IN], device),
+        _ => tensor32(&v, [2, 3, IN], device),
+    }
+}
+
+fn bias(device: &Device, dtype: DType) -> Tensor<1> {
+    let v = pseudo_random(OUT, 3);
+    match dtype {
+        DType::F64 => tensor64(&v, [OUT], device),
+        _ => tensor32(&v, [OUT], device),
+    }
+}
+
+fn config(init: InitMode) -> LoraConfig {
+    LoraConfig::new(R, TargetModules::names(["q"]))
+        .with_lora_alpha(6.0)
+        .with_init(init)
+        .with_seed(7)
+}
+
+fn adapted(device: &Device, dtype: DType, init: InitMode) -> LoraLinear {
+    let mut layer = LoraLinear::new(weight(device, dtype), Some(bias(device, dtype)));
+    layer.attach("q", &config(init)).unwrap();
+    layer
+}
+
+/// Pretend training moved the factors away from their initial values.
+fn perturb(layer: &mut LoraLinear) {
+    let adapter = layer.adapter.as_mut().unwrap();
+    adapter.lora_a = adapter.lora_a.clone().map(|a| a.add_scalar(0.1));
+    adapter.lora_b = adapter.lora_b.clone().map(|b| b.sub_scalar(0.05));
+}
+
+#[test]
+fn gaussian_init_leaves_the_output_exactly_equal_to_the_base_layer() {
+    let d = f64_device();
+    let base = LoraLinear::new(weight(&d, DType::F64), Some(bias(&d, DType::F64)));
+    let layer = adapted(&d, DType::F64, InitMode::Gaussian);
+    let x = input(&d, DType::F64);
+    assert_eq!(max_abs_diff(layer.forward(x.clone()), base.forward(x)), 0.0);
+    // B = 0 and A is Kaiming-uniform within ±1/√in.
+    let a = layer.adapter.as_ref().unwrap();
+    assert!(values(a.lora_b.val()).iter().all(|v| *v == 0.0));
+    let bound = 1.0 / (IN as f64).sqrt();
+    let av = values(a.lora_a.val());
+    assert!(av.iter().all(|v| v.abs() <= bound) && av.iter().any(|v| *v != 0.0));
+}
+
+#[test]
+fn pissa_reconstructs_the_weight_to_1e_10_in_f64() {
+    let d = f64_device();
+    for init in [InitMode::Pissa, InitMode::PissaFast { niter: 4 }] {
+        let layer = adapted(&d, DType::F64, init);
+        let a = layer.adapter.as_ref().unwrap();
+        let rebuilt = layer.weight.val() + a.delta_weight();
+        let err = max_abs_diff(rebuilt, weight(&d, DType::F64));
+        assert!(err < 1e-10, "{init:?}: W_res + s·B·A differs from W by {err:e}");
+        // A and B share the singular values equally: ‖row_i(A)‖ = ‖col_i(B)‖ = √(σ_i/s).
+        let row_norms: Vec<f64> = values(a.lora_a.val().powi_scalar(2).sum_dim(1));
+        let col_norms: Vec<f64> = values(a.lora_b.val().powi_scalar(2).sum_dim(0));
+        for (r, c) in row_norms.iter().zip(&col_norms) {
+            assert!((r - c).abs() < 1e-10);
+        }
+    }
+}
+
+#[test]
+fn full_pissa_holds_the_top_singular_triplets() {
+    // spec §2.6 example P1: W = [[1,2],[3,4],[5,6]], r = 1.
+    let d = f64_device();
+    let w = tensor64(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [3, 2], &d);
+    for (alpha, a_abs, b_abs) in [
+        (1.0, [1.9123894, 2.4224546], [0.7093896, 1.6195430, 2.5296972]),
+        (2.0, [1.3522635, 1.7129340], [0.5016142, 1.1451898, 1.7887660]),
+    ] {
+        let mut layer = LoraLinear::new(w.clone(), None);
+        let cfg = LoraConfig::new(1, TargetModules::names(["l"]))
+            .with_lora_alpha(alpha)
+            .with_init(InitMode::Pissa);
+        layer.attach("l", &cfg).unwrap();
+        let ad = layer.adapter.as_ref().unwrap();
+        let close = |got: Vec<f64>, want: &[f64]| {
+            got.iter().zip(want).all(|(g, w)| (g.abs() - w).abs() < 1e-6)
+        };
+        assert!(close(values(ad.lora_a.val()), &a_abs), "lora_A for α = {alpha}");
+        assert!(close(values(ad.lora_b.val()), &b_abs), "lora_B for α = {alpha}");
+        let res = [-0.3566293, 0.2815359, -0.0971968, 0.0767307, 0.1622338, -0.1280766];
+        let got = values(layer.weight.val());
+        assert!(got.iter().zip(res).all(|(g, w)| (g - w).abs() < 1e-6), "W_res {got:?}");
+    }
+}
+
+#[test]
+fn fast_pissa_spans_the_exact_top_subspace_under_a_spectral_gap() {
+    // W = U·diag(9, 7, 5, 1e-3, ...)·Vᵀ: the randomized sketch must find span(U[:, :3]).
+    let d = f64_device();
+    let (m, n) = (12, 10);
+    let basis = |rows: usize, seed| {
+        let g = tensor64(&pseudo_random(rows * rows, seed), [rows, rows], &d);
+        balora::burn::linalg::qr(g, true).0
+    };
+    let (u, v) = (basis(m, 11), basis(n, 12));
+    let mut s = vec![0.0; m * n];
+    for (i, sv) in [9.0, 7.0, 5.0, 1e-3, 5e-4, 1e-4].iter().enumerate() {
+        s[i * n + i] = *sv;
+    }
+    let w = u.matmul(tensor64(&s, [m, n], &d)).matmul(v.transpose());
+    let top = |init| {
+        let mut l = LoraLinear::new(w.clone(), None);
+        let cfg = LoraConfig::new(3, TargetModules::names(["l"])).with_init(init);
+        l.attach("l", &cfg).unwrap();
+        l.adapter.unwrap().lora_b.val() // U_r·√S, [m, 3]
+    };
+    let (exact, fast) = (top(InitMode::Pissa), top(InitMode::PissaFast { niter: 2 }));
+    // Projector onto the fast subspace leaves the exact one unchanged.
+    let q = balora::burn::linalg::qr(fast, true).0;
+    let residual = exact.clone() - q.clone().matmul(q.transpose().matmul(exact));
+    let err = values(residual.abs().max()).remove(0);
+    assert!(err < 1e-8, "subspace mismatch {err:e}");
+}
+
+#[test]
+fn merge_and_unmerge_round_trip() {
+    let d = f64_device();
+    for init in [InitMode::Gaussian, InitMode::Pissa] {
+        let mut layer = adapted(&d, DType::F64, init);
+        perturb(&mut layer);
+        let x = input(&d, DType::F64);
+        let before_w = layer.weight.val();
+        let y = layer.forward(x.clone());
+        assert!(layer.merge());
+        assert!(!layer.merge(), "merge is idempotent");
+        assert!(max_abs_diff(layer.forward(x.clone()), y.clone()) < 1e-12);
+        assert!(layer.unmerge());
+        assert!(max_abs_diff(layer.weight.val(), before_w) < 1e-12);
+        assert!(max_abs_diff(layer.forward(x), y) < 1e-12);
+    }
+}
+
+#[test]
+fn teacher_mode_is_the_pretrained_layer_whatever_training_did() {
+    let d = f64_device();
+    let pretrained = LoraLinear::new(weight(&d, DType::F64), Some(bias(&d, DType::F64)));
+    let x = input(&d, DType::F64);
+    let want = pretrained.forward(x.clone());
+    for init in [InitMode::Gaussian, InitMode::Pissa, InitMode::PissaFast { niter: 2 }] {
+        let mut layer = adapted(&d, DType::F64, init);
+        perturb(&mut layer);
+        let got = layer.forward_mode(x.clone(), ForwardMode::Teacher);
+        assert!(max_abs_diff(got.clone(), want.clone()) < 1e-12, "{init:?}");
+        assert!(!got.is_require_grad(), "teacher output must not be tracked");
+        // ...also when the adapter is merged into the weight.
+        layer.merge();
+        let got = layer.forward_mode(x.clone(), ForwardMode::Teacher);
+        assert!(max_abs_diff(got, want.clone()) < 1e-12, "{init:?} merged");
+        // and the adapted output did move
+        layer.unmerge();
+        assert!(max_abs_diff(layer.forward(x.clone()), want.clone()) > 1e-3);
+    }
+}
+
+/// A scalar probe `Σ y ⊙ G` so every output element matters in the gradient.
+fn probe(y: Tensor<3>) -> Tensor<1> {
+    let dims = y.dims();
+    let g = tensor64(
+        &pseudo_random(dims.iter().product(), 9),
+        dims,
+        &y.device(),
+    );
+    (y * g).sum()
+}
+
+#[test]
+fn gradients_match_finite_differences_for_a_b_and_x() {
+    let d = f64_device();
+    let w = weight(&d, DType::F64);
+    let b0 = bias(&d, DType::F64);
+    let x = input(&d, DType::F64);
+    let a = tensor64(&pseudo_random(R * IN, 4), [R, IN], &d);
+    let b = tensor64(&pseudo_random(OUT * R, 5), [OUT, R], &d);
+    let layer_with = |a: Tensor<2>, b: Tensor<2>| {
+        let mut l = LoraLinear::new(w.clone(), Some(b0.clone()));
+        l.attach_factors("l", a, b, 2.0).unwrap();
+        l
+    };
+    assert_grad(
+        "∂/∂lora_A",
+        |a| probe(layer_with(a, b.clone()).forward(x.clone())),
+        a.clone(),
+        1e-6,
+    );
+    assert_grad(
+        "∂/∂lora_B",
+        |b| probe(layer_with(a.clone(), b).forward(x.clone())),
+        b.clone(),
+        1e-6,
+    );
+    assert_grad(
+        "∂/∂x",
+        |x| probe(layer_with(a.clone(), b.clone()).forward(x)),
+        x.clone(),
+        1e-6,
+    );
+}
+
+#[derive(Module, Debug)]
+struct TinyMlp {
+    up: LoraLinear,
+    down: LoraLinear,
+}
+
+impl AdapterSlots for TinyMlp {
+    fn visit_slots(&self, f: &mut dyn FnMut(&str, &LoraLinear)) {
+        f("mlp.up", &self.up);
+        f("mlp.down", &self.down);
+    }
+    fn visit_slots_mut(&mut self, f: &mut dyn FnMut(&str, &mut LoraLinear)) {
+        f("mlp.up", &mut self.up);
+        f("mlp.down", &mut self.down);
+    }
+}
+
+impl TinyMlp {
+    fn new(device: &Device) -> Self {
+        let w = |o, i, seed| tensor64(&pseudo_random(o * i, seed), [o, i], device);
+        Self {
+            up: LoraLinear::new(w(8, IN, 21), None),
+            down: LoraLinear::new(w(IN, 8, 22), None),
+        }
+    }
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.down.forward(self.up.forward(x).tanh())
+    }
+}
+
+#[test]
+fn injection_targets_by_name_and_only_adapters_receive_gradients() {
+    let d = f64_device();
+    let cfg = LoraConfig::new(2, TargetModules::names(["up"])).with_init(InitMode::Pissa);
+    let (model, report) = inject(TinyMlp::new(&d), &cfg).unwrap();
+    assert_eq!(report.adapted, vec!["mlp.up".to_string()]);
+    assert_eq!(report.trainable_params, 2 * (IN + 8));
+    assert!(model.down.adapter.is_none());
+    let loss = probe(model.forward(input(&d, DType::F64)));
+    let grads = loss.backward();
+    let up = model.up.adapter.as_ref().unwrap();
+    assert!(up.lora_a.val().grad(&grads).is_some());
+    assert!(up.lora_b.val().grad(&grads).is_some());
+    assert!(model.up.weight.val().grad(&grads).is_none());
+    assert!(model.down.weight.val().grad(&grads).is_none());
+    let init = up.initial.as_ref().unwrap();
+    assert!(init.lora_a.val().grad(&grads).is_none());
+}
+
+#[test]
+fn injection_reports_targets_that_match_nothing() {
+    let d = f64_device();
+    let cfg = LoraConfig::new(2, TargetModules::names(["q_proj"]));
+    let err = inject(TinyMlp::new(&d), &cfg).unwrap_err().to_string();
+    assert!(err.contains("q_proj") && err.contains("mlp.up"), "{err}");
+    let cfg = LoraConfig::new(9, TargetModules::Regex("mlp\\..*".into())).with_init(InitMode::Pissa);
+    let err = inject(TinyMlp::new(&d), &cfg).unwrap_err().to_string();
+    assert!(err.contains("mlp.up") && err.contains("rank 9"), "{err}");
+}
+
+#[test]
+fn merge_all_and_unmerge_all_visit_every_slot() {
+    let d = f64_device();
+    let cfg = LoraConfig::new(2, TargetModules::Regex(".*".into())).with_init(InitMode::Pissa);
+    let (mut model, _) = inject(TinyMlp::new(&d), &cfg).unwrap();
+    let x = input(&d, DType::F64);
+    let y = model.forward(x.clone());
+    merge_all(&mut model);
+    assert!(model.up.adapter.as_ref().unwrap().merged && model.down.adapter.as_ref().unwrap().merged);
+    assert!(max_abs_diff(model.forward(x.clone()), y.clone()) < 1e-12);
+    unmerge_all(&mut model);
+    assert!(max_abs_diff(model.forward(x), y) < 1e-12);
+}
+
+/// The same forward and backward on wgpu (lavapipe in CI) agree with flex within f32 tolerance.
+#[cfg(feature = "wgpu")]
+mod wgpu {
+    use super::*;
+
+    fn run(device: &Device) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+        let mut layer = adapted(device, DType::F32, InitMode::Pissa);
+        perturb(&mut layer);
+        let x = input(device, DType::F32).require_grad();
+        let y = layer.forward(x.clone());
+        let t = layer.forward_mode(x.clone().detach(), ForwardMode::Teacher);
+        let dims = y.dims();
+        let g = tensor32(&pseudo_random(dims.iter().product(), 9), dims, device);
+        let grads = (y.clone() * g).sum().backward();
+        let ad = layer.adapter.as_ref().unwrap();
+        let ga = ad.lora_a.val().grad(&grads).unwrap();
+        let gx = x.grad(&grads).unwrap();
+        (values(y), values(t), values(ga), values(gx))
+    }
+
+    #[test]
+    fn wgpu_matches_flex_forward_teacher_and_gradients() {
+        let flex = run(&Device::flex().autodiff());
+        let gpu = run(&balora::parse_device("wgpu:cpu", true).unwrap());
+        for (name, a, b) in [
+            ("forward", &flex.0, &gpu.0),
+            ("teacher", &flex.1, &gpu.1),
+            ("∂/∂lora_A", &flex.2, &gpu.2),
+            ("∂/∂x", &flex.3, &gpu.3),
+        ] {
+            let err = a.iter().zip(b).fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+            assert!(err < 1e-4, "{name}: wgpu differs from flex by {err:e}");
+        }
+    }
+}
