@@ -1,12 +1,16 @@
-//! Files at the edges of balora: Hugging Face PEFT adapter directories, safetensors I/O and
-//! atomic writes. Nothing here knows about training loops.
+//! Files at the edges of balora: Hugging Face model directories (config, sharded safetensors,
+//! tokenizer, chat template), PEFT adapter directories, safetensors I/O and atomic writes. Nothing here knows about training loops.
 
+pub mod checkpoint;
 mod error;
 pub mod fs;
 mod peft;
 pub mod tensors;
+mod tokenizer;
 
+pub use checkpoint::{HfCheckpoint, LoadOptions, LoadReport, MODEL_CONFIG};
 pub use error::IoError;
+pub use tokenizer::{ChatMessage, ChatTemplate, TOKENIZER_FILE, load_tokenizer};
 pub use peft::{
     CONFIG_FILE, InitLoraWeights, KEY_PREFIX, LoadedAdapter, PeftConfig, SaveOptions, TaskType,
     WEIGHTS_FILE, load_adapter, read_config, save_adapter,

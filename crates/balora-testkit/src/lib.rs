@@ -119,3 +119,32 @@ where
         r.grad_norm
     );
 }
+
+/// The workspace root (the testkit lives at `crates/balora-testkit`).
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+/// The committed fixtures directory `tests/fixtures/<rel>`.
+pub fn fixture(rel: &str) -> std::path::PathBuf {
+    workspace_root().join("tests/fixtures").join(rel)
+}
+
+/// A real checkpoint or dataset prepared by `scripts/fetch-assets` (`$BALORA_ASSETS`, default
+/// `.cache/assets`). Panics with the command to run when it is missing: real-weight tests must
+/// not pass silently without their weights.
+pub fn asset(rel: &str) -> std::path::PathBuf {
+    let root = std::env::var_os("BALORA_ASSETS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".cache/assets"));
+    let path = root.join(rel);
+    assert!(
+        path.exists(),
+        "{} is missing: run `scripts/fetch-assets` first",
+        path.display()
+    );
+    path
+}

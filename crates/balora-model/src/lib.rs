@@ -1,0 +1,116 @@
+//! The seam between models and the trainer.
+//!
+//! The trainer asks a model for logits of a [`TokenBatch`], in the adapted or the
+//! [teacher](ForwardMode::Teacher) mode, and walks its adapter slots; it never names an
+//! architecture. Models implement [`CausalLm`] or [`SequenceClassifier`].
+
+pub mod attention;
+pub mod generation;
+
+pub use generation::{GenerationConfig, Sampler};
+
+use balora_adapters::{AdapterSlots, ForwardMode};
+use burn::module::Module;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+/// A batch of token sequences, right-padded to a common length, kept on the host: models
+/// build their attention masks and position ids from it, losses read the labels from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenBatch {
+    /// Token ids `[B, T]`, row-major; padding positions hold `pad_id`.
+    pub input_ids: Vec<u32>,
+    /// 1 for real tokens, 0 for padding, `[B, T]`.
+    pub attention_mask: Vec<u8>,
+    /// Segment ids `[B, T]` for BERT-style text pairs; `None` means all zeros.
+    pub token_type_ids: Option<Vec<u32>>,
+    /// `[B, T]`.
+    pub dims: [usize; 2],
+}
+
+impl TokenBatch {
+    /// Right-pad `sequences` with `pad_id` to the longest one.
+    pub fn right_padded(sequences: &[Vec<u32>], pad_id: u32) -> Self {
+        let b = sequences.len();
+        let t = sequences.iter().map(Vec::len).max().unwrap_or(0);
+        let mut input_ids = vec![pad_id; b * t];
+        let mut attention_mask = vec![0u8; b * t];
+        for (i, s) in sequences.iter().enumerate() {
+            input_ids[i * t..i * t + s.len()].copy_from_slice(s);
+            attention_mask[i * t..i * t + s.len()].fill(1);
+        }
+        Self {
+            input_ids,
+            attention_mask,
+            token_type_ids: None,
+            dims: [b, t],
+        }
+    }
+
+    /// Batch size.
+    pub fn batch_size(&self) -> usize {
+        self.dims[0]
+    }
+
+    /// Sequence length.
+    pub fn seq_len(&self) -> usize {
+        self.dims[1]
+    }
+
+    /// Whether any position is padding.
+    pub fn has_padding(&self) -> bool {
+        self.attention_mask.iter().any(|&m| m == 0)
+    }
+
+    /// Number of real tokens.
+    pub fn num_tokens(&self) -> usize {
+        self.attention_mask.iter().filter(|&&m| m == 1).count()
+    }
+
+    /// The ids as an integer tensor `[B, T]` on `device`.
+    pub fn ids(&self, device: &Device) -> Tensor<2, Int> {
+        let ids: Vec<i64> = self.input_ids.iter().map(|&i| i as i64).collect();
+        Tensor::from_data(TensorData::new(ids, self.dims), device)
+    }
+
+    /// The segment ids as an integer tensor `[B, T]` (zeros when absent).
+    pub fn token_types(&self, device: &Device) -> Tensor<2, Int> {
+        match &self.token_type_ids {
+            Some(t) => {
+                let t: Vec<i64> = t.iter().map(|&i| i as i64).collect();
+                Tensor::from_data(TensorData::new(t, self.dims), device)
+            }
+            None => Tensor::zeros(self.dims, device),
+        }
+    }
+}
+
+/// A decoder language model with adapter slots.
+pub trait CausalLm: Module + AdapterSlots {
+    /// Next-token logits `[B, T, V]` for every position.
+    fn logits(&self, batch: &TokenBatch, mode: ForwardMode) -> Tensor<3>;
+    /// Vocabulary size V.
+    fn vocab_size(&self) -> usize;
+}
+
+/// A sequence classifier (or regressor, with one output) with adapter slots.
+pub trait SequenceClassifier: Module + AdapterSlots {
+    /// Class logits `[B, C]`.
+    fn logits(&self, batch: &TokenBatch, mode: ForwardMode) -> Tensor<2>;
+    /// Number of outputs C.
+    fn num_labels(&self) -> usize;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn right_padding_marks_padding_in_the_mask() {
+        let b = TokenBatch::right_padded(&[vec![5, 6, 7], vec![8]], 0);
+        assert_eq!(b.dims, [2, 3]);
+        assert_eq!(b.input_ids, vec![5, 6, 7, 8, 0, 0]);
+        assert_eq!(b.attention_mask, vec![1, 1, 1, 1, 0, 0]);
+        assert!(b.has_padding());
+        assert_eq!(b.num_tokens(), 4);
+    }
+}

@@ -1,0 +1,564 @@
+//! BERT-family encoders from Hugging Face checkpoints — BERT, RoBERTa and MiniLM — with a
+//! sequence-classification head and a pooled feature output.
+//!
+//! Absolute learned positions (RoBERTa's start after the padding id), token types,
+//! post-norm LayerNorm blocks, exact (erf) GELU. The projections `query`, `key`, `value` and
+//! the `dense` layers are [`LoraLinear`] slots with peft's paths
+//! (`bert.encoder.layer.0.attention.self.query`, or `roberta.…`, or no prefix for a bare
+//! encoder such as all-MiniLM-L6-v2).
+
+use std::path::Path;
+
+use balora_adapters::{AdapterSlots, ForwardMode, LoraLinear};
+use balora_io::{HfCheckpoint, IoError, LoadOptions};
+use balora_model::attention::{AttentionMask, scaled_dot_product};
+use balora_model::{SequenceClassifier, TokenBatch};
+use burn::module::{Ignored, Module, Param};
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig};
+use burn::tensor::activation::gelu;
+use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Loading a BERT-family checkpoint failed.
+#[derive(Debug, Error)]
+pub enum BertError {
+    /// A file could not be read or does not fit the model.
+    #[error(transparent)]
+    Io(#[from] IoError),
+    /// A `config.json` value this implementation does not support.
+    #[error("config.json: {key} = {value:?} is not supported (expected {expected})")]
+    UnsupportedConfig {
+        /// The key.
+        key: &'static str,
+        /// The value found.
+        value: String,
+        /// What is supported.
+        expected: &'static str,
+    },
+}
+
+/// The fields of a BERT-family `config.json` this implementation reads.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct BertConfig {
+    /// `bert` or `roberta` (MiniLM checkpoints say `bert`).
+    pub model_type: String,
+    /// V.
+    pub vocab_size: usize,
+    /// d_model.
+    pub hidden_size: usize,
+    /// Layers.
+    pub num_hidden_layers: usize,
+    /// Heads.
+    pub num_attention_heads: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// `gelu` (erf).
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    /// Learned positions.
+    pub max_position_embeddings: usize,
+    /// Segment vocabulary (RoBERTa: 1).
+    #[serde(default = "default_types")]
+    pub type_vocab_size: usize,
+    /// LayerNorm ε.
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    /// Padding id (RoBERTa's positions start after it).
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+    /// Class names by id; their count is the number of labels.
+    #[serde(default)]
+    pub id2label: Option<std::collections::BTreeMap<String, String>>,
+    /// Std of freshly initialised head weights.
+    #[serde(default = "default_init")]
+    pub initializer_range: f64,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_types() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_init() -> f64 {
+    0.02
+}
+
+impl BertConfig {
+    fn is_roberta(&self) -> bool {
+        matches!(self.model_type.as_str(), "roberta" | "xlm-roberta")
+    }
+}
+
+/// How a sequence becomes one vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The first token's final hidden state (`[CLS]` / `<s>`).
+    Cls,
+    /// BERT's pooler: `tanh(dense(h_CLS))`.
+    Pooler,
+    /// Mean of the real tokens' final hidden states (sentence-transformers).
+    Mean,
+}
+
+fn frozen_linear(out: usize, inp: usize, device: &Device, dtype: DType) -> LoraLinear {
+    LoraLinear::new(
+        Tensor::zeros([out, inp], (device, dtype)),
+        Some(Tensor::zeros([out], (device, dtype))),
+    )
+}
+
+/// Token, position and segment embeddings, summed and normalised.
+#[derive(Module, Debug)]
+pub struct BertEmbeddings {
+    /// `[V, d]`.
+    pub word_embeddings: Embedding,
+    /// `[max_positions, d]`.
+    pub position_embeddings: Embedding,
+    /// `[type_vocab, d]`.
+    pub token_type_embeddings: Embedding,
+    /// `LayerNorm` in the checkpoint.
+    pub layer_norm: LayerNorm,
+}
+
+/// Query, key and value projections (`attention.self` in the checkpoint).
+#[derive(Module, Debug)]
+pub struct BertSelfAttention {
+    /// `[d, d]`.
+    pub query: LoraLinear,
+    /// `[d, d]`.
+    pub key: LoraLinear,
+    /// `[d, d]`.
+    pub value: LoraLinear,
+}
+
+/// A `dense` projection followed by residual LayerNorm.
+#[derive(Module, Debug)]
+pub struct DenseNorm {
+    /// The projection.
+    pub dense: LoraLinear,
+    /// `LayerNorm` in the checkpoint.
+    pub layer_norm: LayerNorm,
+}
+
+/// Attention sub-block.
+#[derive(Module, Debug)]
+pub struct BertAttention {
+    /// `self` in the checkpoint.
+    pub self_attention: BertSelfAttention,
+    /// Output projection + norm.
+    pub output: DenseNorm,
+}
+
+/// The MLP's first projection.
+#[derive(Module, Debug)]
+pub struct BertIntermediate {
+    /// `[inner, d]`.
+    pub dense: LoraLinear,
+}
+
+/// One post-norm encoder layer.
+#[derive(Module, Debug)]
+pub struct BertLayer {
+    /// Attention.
+    pub attention: BertAttention,
+    /// MLP up-projection.
+    pub intermediate: BertIntermediate,
+    /// MLP down-projection + norm.
+    pub output: DenseNorm,
+}
+
+/// The layer stack.
+#[derive(Module, Debug)]
+pub struct BertEncoder {
+    /// Layers.
+    pub layer: Vec<BertLayer>,
+}
+
+/// BERT's pooler `tanh(dense(h_CLS))`.
+#[derive(Module, Debug)]
+pub struct BertPooler {
+    /// `[d, d]`.
+    pub dense: LoraLinear,
+}
+
+/// The encoder (`bert.*`, `roberta.*`, or unprefixed in the checkpoint).
+#[derive(Module, Debug)]
+pub struct BertModel {
+    /// Embeddings.
+    pub embeddings: BertEmbeddings,
+    /// Layers.
+    pub encoder: BertEncoder,
+    /// Pooler (absent in RoBERTa classifiers).
+    pub pooler: Option<BertPooler>,
+}
+
+/// A dense layer of a classification head (trained fully, not through an adapter).
+#[derive(Module, Debug)]
+pub struct Dense {
+    /// `[out, in]`.
+    pub weight: Param<Tensor<2>>,
+    /// `[out]`.
+    pub bias: Param<Tensor<1>>,
+}
+
+impl Dense {
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        burn::tensor::module::linear(x, self.weight.val().transpose(), Some(self.bias.val()))
+    }
+}
+
+/// The head's weights: BERT's `classifier` on the pooled output, or RoBERTa's
+/// `dense → tanh → out_proj` on `<s>`.
+#[derive(Module, Debug)]
+pub struct HeadWeights {
+    /// RoBERTa's hidden projection.
+    pub dense: Option<Dense>,
+    /// The output projection `[C, d]`.
+    pub out_proj: Dense,
+}
+
+impl HeadWeights {
+    fn forward(&self, pooled: Tensor<2>) -> Tensor<2> {
+        let h = match &self.dense {
+            Some(d) => d.forward(pooled).tanh(),
+            None => pooled,
+        };
+        self.out_proj.forward(h)
+    }
+}
+
+/// The classification head: trained fully (peft's `modules_to_save`), with a frozen copy of
+/// its initial weights so the teacher (BA-LoRA's reference model) keeps the starting head.
+#[derive(Module, Debug)]
+pub struct ClassificationHead {
+    /// Trainable weights.
+    pub current: HeadWeights,
+    /// Frozen initial weights.
+    pub initial: HeadWeights,
+}
+
+impl ClassificationHead {
+    fn fresh(config: &BertConfig, labels: usize, device: &Device, dtype: DType) -> HeadWeights {
+        let d = config.hidden_size;
+        let dense = |out: usize| Dense {
+            weight: Param::from_tensor(Tensor::random(
+                [out, d],
+                Distribution::Normal(0.0, config.initializer_range),
+                (device, dtype),
+            )),
+            bias: Param::from_tensor(Tensor::zeros([out], (device, dtype))),
+        };
+        HeadWeights {
+            dense: config.is_roberta().then(|| dense(d)),
+            out_proj: dense(labels),
+        }
+    }
+
+    fn forward(&self, pooled: Tensor<2>, mode: ForwardMode) -> Tensor<2> {
+        match mode {
+            ForwardMode::Adapted => self.current.forward(pooled),
+            ForwardMode::Teacher => self.initial.forward(pooled),
+        }
+    }
+}
+
+/// An encoder with a sequence-classification head.
+#[derive(Module, Debug)]
+pub struct BertForSequenceClassification {
+    /// The encoder.
+    pub bert: BertModel,
+    /// The head (trained fully, like peft's `modules_to_save`).
+    pub classifier: ClassificationHead,
+    config: Ignored<BertConfig>,
+    /// Checkpoint prefix of the encoder (`bert.`, `roberta.` or empty).
+    prefix: Ignored<String>,
+    pooling: Ignored<Pooling>,
+}
+
+impl BertModel {
+    fn init(config: &BertConfig, pooler: bool, device: &Device, dtype: DType) -> Self {
+        let d = config.hidden_size;
+        let norm = || {
+            LayerNormConfig::new(d)
+                .with_epsilon(config.layer_norm_eps)
+                .init(device)
+        };
+        let embedding = |n| {
+            EmbeddingConfig::new(n, d)
+                .with_initializer(Initializer::Zeros)
+                .init(device)
+        };
+        let layer = (0..config.num_hidden_layers)
+            .map(|_| BertLayer {
+                attention: BertAttention {
+                    self_attention: BertSelfAttention {
+                        query: frozen_linear(d, d, device, dtype),
+                        key: frozen_linear(d, d, device, dtype),
+                        value: frozen_linear(d, d, device, dtype),
+                    },
+                    output: DenseNorm {
+                        dense: frozen_linear(d, d, device, dtype),
+                        layer_norm: norm(),
+                    },
+                },
+                intermediate: BertIntermediate {
+                    dense: frozen_linear(config.intermediate_size, d, device, dtype),
+                },
+                output: DenseNorm {
+                    dense: frozen_linear(d, config.intermediate_size, device, dtype),
+                    layer_norm: norm(),
+                },
+            })
+            .collect();
+        Self {
+            embeddings: BertEmbeddings {
+                word_embeddings: embedding(config.vocab_size),
+                position_embeddings: embedding(config.max_position_embeddings),
+                token_type_embeddings: embedding(config.type_vocab_size),
+                layer_norm: norm(),
+            },
+            encoder: BertEncoder { layer },
+            pooler: pooler.then(|| BertPooler {
+                dense: frozen_linear(d, d, device, dtype),
+            }),
+        }
+    }
+
+    /// Final hidden states `[B, T, d]`.
+    fn forward(&self, batch: &TokenBatch, config: &BertConfig, mode: ForwardMode) -> Tensor<3> {
+        let device = self.embeddings.word_embeddings.weight.val().device();
+        let [b, t] = batch.dims;
+        let positions: Vec<i64> = if config.is_roberta() {
+            // transformers: padding_idx + cumsum(ids != padding_idx), padding keeps padding_idx
+            let pad = config.pad_token_id.unwrap_or(1);
+            batch
+                .input_ids
+                .chunks(t.max(1))
+                .flat_map(|row| {
+                    let mut seen = 0i64;
+                    row.iter()
+                        .map(|&id| {
+                            if id == pad {
+                                pad as i64
+                            } else {
+                                seen += 1;
+                                pad as i64 + seen
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        } else {
+            (0..b).flat_map(|_| 0..t as i64).collect()
+        };
+        let positions = Tensor::<2, Int>::from_data(TensorData::new(positions, [b, t]), &device);
+        let e = &self.embeddings;
+        let x = e.word_embeddings.forward(batch.ids(&device))
+            + e.position_embeddings.forward(positions)
+            + e.token_type_embeddings.forward(batch.token_types(&device));
+        let mut x = e.layer_norm.forward(x);
+        let heads = config.num_attention_heads;
+        let mask = AttentionMask {
+            key_padding: batch.has_padding().then_some(batch.attention_mask.as_slice()),
+            causal: false,
+            window: None,
+            query_offset: 0,
+        };
+        for layer in &self.encoder.layer {
+            let sa = &layer.attention.self_attention;
+            let [_, _, d] = x.dims();
+            let split = |y: Tensor<3>| y.reshape([b, t, heads, d / heads]).swap_dims(1, 2);
+            let q = split(sa.query.forward_mode(x.clone(), mode));
+            let k = split(sa.key.forward_mode(x.clone(), mode));
+            let v = split(sa.value.forward_mode(x.clone(), mode));
+            let ctx = scaled_dot_product(q, k, v, mask).swap_dims(1, 2).reshape([b, t, d]);
+            let out = &layer.attention.output;
+            let a = out.layer_norm.forward(out.dense.forward_mode(ctx, mode) + x);
+            let h = gelu(layer.intermediate.dense.forward_mode(a.clone(), mode));
+            let o = &layer.output;
+            x = o.layer_norm.forward(o.dense.forward_mode(h, mode) + a);
+        }
+        x
+    }
+}
+
+impl BertForSequenceClassification {
+    /// Load an encoder checkpoint with a classification head of `num_labels` outputs. A head
+    /// present in the checkpoint (`classifier.*`) is loaded; otherwise it is freshly
+    /// initialised (N(0, initializer_range), zero bias), like transformers. `num_labels`
+    /// `None` takes the checkpoint's `id2label` count (2 if absent).
+    pub fn from_pretrained(
+        dir: &Path,
+        num_labels: Option<usize>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, BertError> {
+        let checkpoint = HfCheckpoint::open(dir)?;
+        let config: BertConfig = checkpoint.config()?;
+        if !matches!(config.model_type.as_str(), "bert" | "roberta" | "xlm-roberta") {
+            return Err(BertError::UnsupportedConfig {
+                key: "model_type",
+                value: config.model_type,
+                expected: "bert, roberta or xlm-roberta",
+            });
+        }
+        if config.hidden_act != "gelu" {
+            return Err(BertError::UnsupportedConfig {
+                key: "hidden_act",
+                value: config.hidden_act,
+                expected: "gelu",
+            });
+        }
+        let labels = num_labels
+            .or(config.id2label.as_ref().map(|m| m.len()))
+            .unwrap_or(2);
+        let prefix = detect_prefix(&checkpoint)?;
+        let roberta = config.is_roberta();
+        let pooler = !roberta;
+        let mut model = Self {
+            bert: BertModel::init(&config, pooler, device, dtype),
+            classifier: ClassificationHead {
+                current: ClassificationHead::fresh(&config, labels, device, dtype),
+                initial: ClassificationHead::fresh(&config, labels, device, dtype),
+            },
+            config: Ignored(config.clone()),
+            prefix: Ignored(prefix.clone()),
+            pooling: Ignored(if roberta { Pooling::Cls } else { Pooling::Pooler }),
+        };
+        let head_in_file = has_key(&checkpoint, "classifier.")?;
+        // freeze the encoder; the head stays trainable (peft's modules_to_save)
+        model.bert = model.bert.freeze();
+        let mut options = LoadOptions::new(dtype)
+            .with_remap(r"\.LayerNorm\.", ".layer_norm.")
+            .with_remap(r"\.attention\.self\.", ".attention.self_attention.")
+            .with_remap(r"^classifier\.(weight|bias)$", "classifier.current.out_proj.$1")
+            .with_remap(r"^classifier\.(dense|out_proj)\.", "classifier.current.$1.");
+        options = match prefix.as_str() {
+            "" => options.with_remap(r"^(embeddings|encoder|pooler)\.", "bert.$1."),
+            p => options.with_remap(&format!("^{}", regex_escape(p)), "bert."),
+        };
+        options.optional.push(r"bert\.pooler\..*".into());
+        options.optional.push(r"classifier\.initial\..*".into());
+        if !head_in_file {
+            options.optional.push(r"classifier\..*".into());
+        }
+        checkpoint.load_into(&mut model, &options)?;
+        // the teacher's head is the head training starts from
+        model.classifier.initial = model.classifier.current.clone().freeze();
+        Ok(model)
+    }
+
+    /// Use another pooling for [`Self::features`] and the head.
+    pub fn with_pooling(mut self, pooling: Pooling) -> Self {
+        self.pooling = Ignored(pooling);
+        self
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &BertConfig {
+        &self.config.0
+    }
+
+    /// Final hidden states `[B, T, d]`.
+    pub fn hidden_states(&self, batch: &TokenBatch, mode: ForwardMode) -> Tensor<3> {
+        self.bert.forward(batch, self.config(), mode)
+    }
+
+    /// One vector per sequence `[B, d]` with the configured pooling.
+    pub fn features(&self, batch: &TokenBatch, mode: ForwardMode) -> Tensor<2> {
+        self.pool(self.hidden_states(batch, mode), batch, self.pooling.0, mode)
+    }
+
+    /// Pool hidden states `[B, T, d]` into `[B, d]`.
+    pub fn pool(&self, h: Tensor<3>, batch: &TokenBatch, pooling: Pooling, mode: ForwardMode) -> Tensor<2> {
+        let [b, t, d] = h.dims();
+        let cls = || h.clone().narrow(1, 0, 1).reshape([b, d]);
+        match pooling {
+            Pooling::Cls => cls(),
+            Pooling::Pooler => match &self.bert.pooler {
+                Some(p) => p.dense.forward_mode(cls(), mode).tanh(),
+                None => cls(),
+            },
+            Pooling::Mean => {
+                let m: Vec<f64> = batch.attention_mask.iter().map(|&v| v as f64).collect();
+                let m = Tensor::<2>::from_data(TensorData::new(m, [b, t]), (&h.device(), h.dtype()))
+                    .unsqueeze_dim::<3>(2);
+                let summed: Tensor<2> = (h * m.clone()).sum_dim(1).reshape([b, d]);
+                let counts: Tensor<2> = m.sum_dim(1).reshape([b, 1]).clamp_min(1e-9);
+                summed / counts
+            }
+        }
+    }
+}
+
+fn regex_escape(s: &str) -> String {
+    s.replace('.', r"\.")
+}
+
+fn has_key(checkpoint: &HfCheckpoint, prefix: &str) -> Result<bool, BertError> {
+    for shard in checkpoint.shards() {
+        let f = balora_io::tensors::SafetensorsFile::open(shard)?;
+        if f.names().iter().any(|n| n.starts_with(prefix)) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// `bert.`, `roberta.` or `` — whatever the checkpoint's encoder keys start with.
+fn detect_prefix(checkpoint: &HfCheckpoint) -> Result<String, BertError> {
+    for p in ["bert.", "roberta."] {
+        if has_key(checkpoint, &format!("{p}embeddings."))? {
+            return Ok(p.to_string());
+        }
+    }
+    Ok(String::new())
+}
+
+impl AdapterSlots for BertForSequenceClassification {
+    fn visit_slots(&self, f: &mut dyn FnMut(&str, &LoraLinear)) {
+        let p = &self.prefix.0;
+        for (i, l) in self.bert.encoder.layer.iter().enumerate() {
+            let base = format!("{p}encoder.layer.{i}");
+            let sa = &l.attention.self_attention;
+            f(&format!("{base}.attention.self.query"), &sa.query);
+            f(&format!("{base}.attention.self.key"), &sa.key);
+            f(&format!("{base}.attention.self.value"), &sa.value);
+            f(&format!("{base}.attention.output.dense"), &l.attention.output.dense);
+            f(&format!("{base}.intermediate.dense"), &l.intermediate.dense);
+            f(&format!("{base}.output.dense"), &l.output.dense);
+        }
+    }
+
+    fn visit_slots_mut(&mut self, f: &mut dyn FnMut(&str, &mut LoraLinear)) {
+        let p = self.prefix.0.clone();
+        for (i, l) in self.bert.encoder.layer.iter_mut().enumerate() {
+            let base = format!("{p}encoder.layer.{i}");
+            let sa = &mut l.attention.self_attention;
+            f(&format!("{base}.attention.self.query"), &mut sa.query);
+            f(&format!("{base}.attention.self.key"), &mut sa.key);
+            f(&format!("{base}.attention.self.value"), &mut sa.value);
+            f(&format!("{base}.attention.output.dense"), &mut l.attention.output.dense);
+            f(&format!("{base}.intermediate.dense"), &mut l.intermediate.dense);
+            f(&format!("{base}.output.dense"), &mut l.output.dense);
+        }
+    }
+}
+
+impl SequenceClassifier for BertForSequenceClassification {
+    fn logits(&self, batch: &TokenBatch, mode: ForwardMode) -> Tensor<2> {
+        let head_pooling = if self.config().is_roberta() { Pooling::Cls } else { Pooling::Pooler };
+        let h = self.hidden_states(batch, mode);
+        self.classifier
+            .forward(self.pool(h, batch, head_pooling, mode), mode)
+    }
+
+    fn num_labels(&self) -> usize {
+        self.classifier.current.out_proj.bias.shape().dims::<1>()[0]
+    }
+}

@@ -1,0 +1,212 @@
+//! `config.json` of a Llama-family checkpoint (transformers 4.x and 5.x spellings).
+
+use serde::Deserialize;
+
+use crate::LlamaError;
+
+/// RoPE frequency scaling (`rope_scaling` in transformers 4, `rope_parameters` in 5).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct RopeScaling {
+    /// `default`, `linear` or `llama3` (`type` in older configs).
+    #[serde(alias = "type", default = "default_rope_type")]
+    pub rope_type: String,
+    /// Frequency divisor (linear, llama3).
+    #[serde(default)]
+    pub factor: Option<f64>,
+    /// llama3: wavelengths above `original / low_freq_factor` are divided by `factor`.
+    #[serde(default)]
+    pub low_freq_factor: Option<f64>,
+    /// llama3: wavelengths below `original / high_freq_factor` are kept.
+    #[serde(default)]
+    pub high_freq_factor: Option<f64>,
+    /// llama3: the pre-training context length.
+    #[serde(default)]
+    pub original_max_position_embeddings: Option<usize>,
+    /// transformers 5 keeps θ here.
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+}
+
+fn default_rope_type() -> String {
+    "default".into()
+}
+
+/// A token id or a list of them (`eos_token_id` may be either).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum TokenIds {
+    /// One id.
+    One(u32),
+    /// Several ids.
+    Many(Vec<u32>),
+}
+
+impl TokenIds {
+    /// As a list.
+    pub fn to_vec(&self) -> Vec<u32> {
+        match self {
+            TokenIds::One(i) => vec![*i],
+            TokenIds::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// The fields of `config.json` the Llama family needs; the architecture differences
+/// (Qwen2's q/k/v bias, Mistral's sliding window, llama3 RoPE) are all configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct LlamaConfig {
+    /// `llama`, `mistral` or `qwen2`.
+    pub model_type: String,
+    /// V.
+    pub vocab_size: usize,
+    /// d_model.
+    pub hidden_size: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Decoder layers.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads (GQA); defaults to the query heads.
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    /// Per-head width; defaults to `hidden_size / num_attention_heads`.
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    /// RMSNorm ε.
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    /// RoPE base θ (transformers 4).
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    /// RoPE scaling (transformers 4).
+    #[serde(default)]
+    pub rope_scaling: Option<RopeScaling>,
+    /// RoPE parameters (transformers 5).
+    #[serde(default)]
+    pub rope_parameters: Option<RopeScaling>,
+    /// Share the LM head with the input embeddings.
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Llama: bias on q, k, v and o.
+    #[serde(default)]
+    pub attention_bias: bool,
+    /// Llama: bias on the MLP projections.
+    #[serde(default)]
+    pub mlp_bias: bool,
+    /// Mistral/Qwen2 sliding-window size.
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
+    /// Qwen2: whether the sliding window is used at all.
+    #[serde(default)]
+    pub use_sliding_window: Option<bool>,
+    /// Positions the model was trained for.
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    /// Activation (only `silu` is supported).
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    /// Beginning-of-sequence id.
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    /// End-of-sequence id(s).
+    #[serde(default)]
+    pub eos_token_id: Option<TokenIds>,
+    /// Padding id.
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+}
+
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_max_pos() -> usize {
+    2048
+}
+fn default_act() -> String {
+    "silu".into()
+}
+
+impl LlamaConfig {
+    /// Key/value heads.
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// Per-head width.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+
+    /// Whether q/k/v carry a bias (Qwen2 always; Llama when `attention_bias`).
+    pub fn qkv_bias(&self) -> bool {
+        self.model_type == "qwen2" || self.attention_bias
+    }
+
+    /// Whether o_proj carries a bias (Llama's `attention_bias` only).
+    pub fn o_bias(&self) -> bool {
+        self.model_type == "llama" && self.attention_bias
+    }
+
+    /// The sliding window in effect, if any.
+    pub fn window(&self) -> Option<usize> {
+        match self.model_type.as_str() {
+            "qwen2" if self.use_sliding_window != Some(true) => None,
+            _ => self.sliding_window,
+        }
+    }
+
+    /// The RoPE scaling in effect (either spelling).
+    pub fn rope(&self) -> Option<&RopeScaling> {
+        self.rope_parameters.as_ref().or(self.rope_scaling.as_ref())
+    }
+
+    /// θ (either spelling; 10000 by default).
+    pub fn theta(&self) -> f64 {
+        self.rope()
+            .and_then(|r| r.rope_theta)
+            .or(self.rope_theta)
+            .unwrap_or(10_000.0)
+    }
+
+    /// End-of-sequence ids.
+    pub fn eos_ids(&self) -> Vec<u32> {
+        self.eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default()
+    }
+
+    /// Reject what this implementation does not compute.
+    pub fn validate(&self) -> Result<(), LlamaError> {
+        if !matches!(self.model_type.as_str(), "llama" | "mistral" | "qwen2") {
+            return Err(LlamaError::UnsupportedConfig {
+                key: "model_type",
+                value: self.model_type.clone(),
+                expected: "llama, mistral or qwen2",
+            });
+        }
+        if self.hidden_act != "silu" {
+            return Err(LlamaError::UnsupportedConfig {
+                key: "hidden_act",
+                value: self.hidden_act.clone(),
+                expected: "silu",
+            });
+        }
+        if let Some(r) = self.rope()
+            && !matches!(r.rope_type.as_str(), "default" | "linear" | "llama3")
+        {
+            return Err(LlamaError::UnsupportedConfig {
+                key: "rope_type",
+                value: r.rope_type.clone(),
+                expected: "default, linear or llama3",
+            });
+        }
+        if self.num_attention_heads % self.kv_heads() != 0 {
+            return Err(LlamaError::UnsupportedConfig {
+                key: "num_key_value_heads",
+                value: self.kv_heads().to_string(),
+                expected: "a divisor of num_attention_heads",
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,101 @@
+//! Llama-family causal language models from Hugging Face checkpoints: Llama 2/3, SmolLM/SmolLM2,
+//! Mistral and Qwen2, through `config.json` alone (GQA, RoPE θ and llama3 scaling, RMSNorm ε,
+//! SiLU-gated MLP, tied embeddings, Qwen2's q/k/v bias, Mistral's sliding window).
+//!
+//! Every projection is a [`LoraLinear`](balora_adapters::LoraLinear) slot named as peft names
+//! it (`q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`).
+//!
+//! ```no_run
+//! use balora_llama::LlamaForCausalLM;
+//! use balora_model::GenerationConfig;
+//! use burn::tensor::{DType, Device};
+//!
+//! let dir = std::path::Path::new(".cache/assets/models/SmolLM2-135M-Instruct");
+//! let model = LlamaForCausalLM::from_pretrained(dir, &Device::flex(), DType::F32).unwrap();
+//! let ids = model.generate(&[1, 4093, 198], &GenerationConfig::greedy(16, vec![2]), true).unwrap();
+//! ```
+
+mod config;
+mod model;
+mod rope;
+
+use std::path::Path;
+
+use balora_adapters::ForwardMode;
+use balora_io::{HfCheckpoint, IoError, LoadOptions};
+use balora_model::{GenerationConfig, Sampler, TokenBatch};
+use burn::tensor::{DType, Device};
+use thiserror::Error;
+
+pub use config::{LlamaConfig, RopeScaling, TokenIds};
+pub use model::{Attention, DecoderLayer, KvCache, LlamaForCausalLM, LlamaModel, Mlp};
+
+/// Loading or configuring a Llama-family model failed.
+#[derive(Debug, Error)]
+pub enum LlamaError {
+    /// A file could not be read or does not fit the model.
+    #[error(transparent)]
+    Io(#[from] IoError),
+    /// Logits could not be read back from the device.
+    #[error("reading logits from the device failed: {0}")]
+    Readback(String),
+    /// A `config.json` value this implementation does not support.
+    #[error("config.json: {key} = {value:?} is not supported (expected {expected})")]
+    UnsupportedConfig {
+        /// The key.
+        key: &'static str,
+        /// The value found.
+        value: String,
+        /// What is supported.
+        expected: &'static str,
+    },
+}
+
+impl LlamaForCausalLM {
+    /// Load `config.json` and the (possibly sharded) safetensors of `dir` onto `device`,
+    /// casting weights to `dtype`. All weights are frozen; attach adapters afterwards.
+    pub fn from_pretrained(dir: &Path, device: &Device, dtype: DType) -> Result<Self, LlamaError> {
+        let checkpoint = HfCheckpoint::open(dir)?;
+        let config: LlamaConfig = checkpoint.config()?;
+        config.validate()?;
+        let mut model = Self::init(&config, device, dtype);
+        checkpoint.load_into(&mut model, &LoadOptions::new(dtype))?;
+        Ok(model)
+    }
+
+    /// Generate after `prompt` until a stop token or `config.max_new_tokens`; returns only the
+    /// new tokens (the stop token included). With `use_cache` each step feeds one token and
+    /// reuses the keys and values of the past; without it every step re-runs the whole
+    /// sequence (a reference for the cache).
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        config: &GenerationConfig,
+        use_cache: bool,
+    ) -> Result<Vec<u32>, LlamaError> {
+        let mut sampler = Sampler::new(config);
+        let mut cache = KvCache::default();
+        let mut sequence = prompt.to_vec();
+        let mut new = Vec::new();
+        let mut feed = prompt.to_vec();
+        while new.len() < config.max_new_tokens && !feed.is_empty() {
+            let input = if use_cache { feed.clone() } else { sequence.clone() };
+            let batch = TokenBatch::right_padded(&[input], 0);
+            let logits = self.forward(
+                &batch,
+                ForwardMode::Adapted,
+                use_cache.then_some(&mut cache),
+            );
+            let [_, t, v] = logits.dims();
+            let last = logits.narrow(1, t - 1, 1).reshape([v]);
+            let row: Vec<f32> = last
+                .try_into_vec_as::<f32>()
+                .map_err(|e| LlamaError::Readback(e.to_string()))?;
+            let token = sampler.next(&row);
+            new.push(token);
+            sequence.push(token);
+            feed = if sampler.is_stop(token) { Vec::new() } else { vec![token] };
+        }
+        Ok(new)
+    }
+}

@@ -1,0 +1,308 @@
+//! `LlamaForCausalLM`: RMSNorm, rotate-half RoPE, grouped-query attention, SiLU-gated MLP.
+//! Field names are the Hugging Face keys (`model.layers.0.self_attn.q_proj`), so checkpoints
+//! load without remapping and adapter paths equal peft's.
+
+use balora_adapters::{AdapterSlots, ForwardMode, LoraLinear};
+use balora_model::attention::{AttentionMask, repeat_kv, scaled_dot_product};
+use balora_model::{CausalLm, TokenBatch};
+use burn::module::{Ignored, Module};
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, RmsNorm, RmsNormConfig};
+use burn::tensor::activation::silu;
+use burn::tensor::{DType, Device, Tensor};
+
+use crate::config::LlamaConfig;
+use crate::rope::{Rope, apply_rotary};
+
+fn frozen_linear(out: usize, inp: usize, bias: bool, device: &Device, dtype: DType) -> LoraLinear {
+    LoraLinear::new(
+        Tensor::zeros([out, inp], (device, dtype)),
+        bias.then(|| Tensor::zeros([out], (device, dtype))),
+    )
+}
+
+/// Self-attention with grouped key/value heads.
+#[derive(Module, Debug)]
+pub struct Attention {
+    /// `[heads·d, hidden]`.
+    pub q_proj: LoraLinear,
+    /// `[kv_heads·d, hidden]`.
+    pub k_proj: LoraLinear,
+    /// `[kv_heads·d, hidden]`.
+    pub v_proj: LoraLinear,
+    /// `[hidden, heads·d]`.
+    pub o_proj: LoraLinear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+/// Cached keys and values of one layer, `[B, kv_heads, T_past, d]` (before head repetition).
+#[derive(Debug, Clone)]
+pub struct LayerCache {
+    k: Tensor<4>,
+    v: Tensor<4>,
+}
+
+/// Per-layer key/value caches for incremental decoding.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<LayerCache>>,
+}
+
+impl KvCache {
+    /// Tokens already cached.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map_or(0, |c| c.k.dims()[2])
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Everything a forward pass needs besides the hidden states.
+struct Context<'a> {
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+    mask: AttentionMask<'a>,
+    mode: ForwardMode,
+}
+
+impl Attention {
+    fn forward(&self, x: Tensor<3>, ctx: &Context<'_>, cache: Option<&mut Option<LayerCache>>) -> Tensor<3> {
+        let [b, t, _] = x.dims();
+        let (h, kvh, d) = (self.heads, self.kv_heads, self.head_dim);
+        let split = |y: Tensor<3>, n| y.reshape([b, t, n, d]).swap_dims(1, 2);
+        let q = split(self.q_proj.forward_mode(x.clone(), ctx.mode), h);
+        let k = split(self.k_proj.forward_mode(x.clone(), ctx.mode), kvh);
+        let v = split(self.v_proj.forward_mode(x, ctx.mode), kvh);
+        let q = apply_rotary(q, ctx.cos.clone(), ctx.sin.clone());
+        let mut k = apply_rotary(k, ctx.cos.clone(), ctx.sin.clone());
+        let mut v = v;
+        if let Some(slot) = cache {
+            if let Some(past) = slot.take() {
+                k = Tensor::cat(vec![past.k, k], 2);
+                v = Tensor::cat(vec![past.v, v], 2);
+            }
+            *slot = Some(LayerCache {
+                k: k.clone(),
+                v: v.clone(),
+            });
+        }
+        let out = scaled_dot_product(q, repeat_kv(k, h / kvh), repeat_kv(v, h / kvh), ctx.mask);
+        let out = out.swap_dims(1, 2).reshape([b, t, h * d]);
+        self.o_proj.forward_mode(out, ctx.mode)
+    }
+}
+
+/// The SiLU-gated MLP `down(silu(gate(x)) ⊙ up(x))`.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    /// `[intermediate, hidden]`.
+    pub gate_proj: LoraLinear,
+    /// `[intermediate, hidden]`.
+    pub up_proj: LoraLinear,
+    /// `[hidden, intermediate]`.
+    pub down_proj: LoraLinear,
+}
+
+impl Mlp {
+    fn forward(&self, x: Tensor<3>, mode: ForwardMode) -> Tensor<3> {
+        let gate = silu(self.gate_proj.forward_mode(x.clone(), mode));
+        self.down_proj
+            .forward_mode(gate * self.up_proj.forward_mode(x, mode), mode)
+    }
+}
+
+/// One pre-norm decoder layer.
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    /// RMSNorm before attention.
+    pub input_layernorm: RmsNorm,
+    /// Attention.
+    pub self_attn: Attention,
+    /// RMSNorm before the MLP.
+    pub post_attention_layernorm: RmsNorm,
+    /// MLP.
+    pub mlp: Mlp,
+}
+
+impl DecoderLayer {
+    fn forward(&self, x: Tensor<3>, ctx: &Context<'_>, cache: Option<&mut Option<LayerCache>>) -> Tensor<3> {
+        let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), ctx, cache);
+        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h), ctx.mode)
+    }
+}
+
+/// The decoder stack (`model.*` in the checkpoint).
+#[derive(Module, Debug)]
+pub struct LlamaModel {
+    /// Token embeddings `[V, hidden]`.
+    pub embed_tokens: Embedding,
+    /// Decoder layers.
+    pub layers: Vec<DecoderLayer>,
+    /// Final RMSNorm.
+    pub norm: RmsNorm,
+}
+
+/// A Llama-family causal language model.
+#[derive(Module, Debug)]
+pub struct LlamaForCausalLM {
+    /// The decoder.
+    pub model: LlamaModel,
+    /// Output projection `[V, hidden]`; `None` when tied to the input embeddings.
+    pub lm_head: Option<LoraLinear>,
+    config: Ignored<LlamaConfig>,
+}
+
+impl LlamaForCausalLM {
+    /// A model of `config` with zero weights (to be loaded), frozen.
+    pub fn init(config: &LlamaConfig, device: &Device, dtype: DType) -> Self {
+        let (hd, d) = (config.hidden_size, config.head_dim());
+        let (h, kvh) = (config.num_attention_heads, config.kv_heads());
+        let norm = || {
+            RmsNormConfig::new(hd)
+                .with_epsilon(config.rms_norm_eps)
+                .init(device)
+        };
+        let layers = (0..config.num_hidden_layers)
+            .map(|_| DecoderLayer {
+                input_layernorm: norm(),
+                self_attn: Attention {
+                    q_proj: frozen_linear(h * d, hd, config.qkv_bias(), device, dtype),
+                    k_proj: frozen_linear(kvh * d, hd, config.qkv_bias(), device, dtype),
+                    v_proj: frozen_linear(kvh * d, hd, config.qkv_bias(), device, dtype),
+                    o_proj: frozen_linear(hd, h * d, config.o_bias(), device, dtype),
+                    heads: h,
+                    kv_heads: kvh,
+                    head_dim: d,
+                },
+                post_attention_layernorm: norm(),
+                mlp: Mlp {
+                    gate_proj: frozen_linear(config.intermediate_size, hd, config.mlp_bias, device, dtype),
+                    up_proj: frozen_linear(config.intermediate_size, hd, config.mlp_bias, device, dtype),
+                    down_proj: frozen_linear(hd, config.intermediate_size, config.mlp_bias, device, dtype),
+                },
+            })
+            .collect();
+        let embed_tokens = EmbeddingConfig::new(config.vocab_size, hd)
+            .with_initializer(Initializer::Zeros)
+            .init(device);
+        let lm_head = (!config.tie_word_embeddings)
+            .then(|| frozen_linear(config.vocab_size, hd, false, device, dtype));
+        Self {
+            model: LlamaModel {
+                embed_tokens,
+                layers,
+                norm: norm(),
+            },
+            lm_head,
+            config: Ignored(config.clone()),
+        }
+        .freeze()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config.0
+    }
+
+    /// Logits `[B, T, V]` for `batch`, optionally continuing from (and extending) `cache`.
+    ///
+    /// Positions count real tokens only (`cumsum(mask) − 1`, as transformers derives
+    /// `position_ids` from the attention mask), so left and right padding both work.
+    pub fn forward(&self, batch: &TokenBatch, mode: ForwardMode, mut cache: Option<&mut KvCache>) -> Tensor<3> {
+        let device = self.model.embed_tokens.weight.val().device();
+        let cfg = self.config();
+        let [b, t] = batch.dims;
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        // transformers: position_ids = cumsum(mask) − 1, padding filled with 1.
+        let mut positions = Vec::with_capacity(b * t);
+        for row in batch.attention_mask.chunks(t.max(1)) {
+            let mut real = 0usize;
+            for &m in row {
+                real += usize::from(m == 1);
+                positions.push(if m == 1 { past + real - 1 } else { 1 });
+            }
+        }
+        let mut x = self.model.embed_tokens.forward(batch.ids(&device));
+        let dtype = x.dtype();
+        let (cos, sin) = Rope::new(cfg).tables(&positions, [b, t], &device, dtype);
+        // With a cache the key mask must cover past + new positions: decoding is done one
+        // unpadded sequence at a time, so only a fresh forward carries padding.
+        let padded = batch.has_padding() && past == 0;
+        let ctx = Context {
+            cos,
+            sin,
+            mask: AttentionMask {
+                key_padding: padded.then_some(batch.attention_mask.as_slice()),
+                causal: true,
+                window: cfg.window(),
+                query_offset: past,
+            },
+            mode,
+        };
+        if let Some(c) = cache.as_mut()
+            && c.layers.is_empty()
+        {
+            c.layers = vec![None; self.model.layers.len()];
+        }
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let slot = cache.as_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(x, &ctx, slot);
+        }
+        let x = self.model.norm.forward(x);
+        match &self.lm_head {
+            Some(head) => head.forward_mode(x, mode),
+            None => burn::tensor::module::linear(x, self.model.embed_tokens.weight.val().transpose(), None),
+        }
+    }
+}
+
+impl AdapterSlots for LlamaForCausalLM {
+    fn visit_slots(&self, f: &mut dyn FnMut(&str, &LoraLinear)) {
+        for (i, l) in self.model.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            f(&format!("{p}.self_attn.q_proj"), &l.self_attn.q_proj);
+            f(&format!("{p}.self_attn.k_proj"), &l.self_attn.k_proj);
+            f(&format!("{p}.self_attn.v_proj"), &l.self_attn.v_proj);
+            f(&format!("{p}.self_attn.o_proj"), &l.self_attn.o_proj);
+            f(&format!("{p}.mlp.gate_proj"), &l.mlp.gate_proj);
+            f(&format!("{p}.mlp.up_proj"), &l.mlp.up_proj);
+            f(&format!("{p}.mlp.down_proj"), &l.mlp.down_proj);
+        }
+        if let Some(head) = &self.lm_head {
+            f("lm_head", head);
+        }
+    }
+
+    fn visit_slots_mut(&mut self, f: &mut dyn FnMut(&str, &mut LoraLinear)) {
+        for (i, l) in self.model.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            f(&format!("{p}.self_attn.q_proj"), &mut l.self_attn.q_proj);
+            f(&format!("{p}.self_attn.k_proj"), &mut l.self_attn.k_proj);
+            f(&format!("{p}.self_attn.v_proj"), &mut l.self_attn.v_proj);
+            f(&format!("{p}.self_attn.o_proj"), &mut l.self_attn.o_proj);
+            f(&format!("{p}.mlp.gate_proj"), &mut l.mlp.gate_proj);
+            f(&format!("{p}.mlp.up_proj"), &mut l.mlp.up_proj);
+            f(&format!("{p}.mlp.down_proj"), &mut l.mlp.down_proj);
+        }
+        if let Some(head) = &mut self.lm_head {
+            f("lm_head", head);
+        }
+    }
+}
+
+impl CausalLm for LlamaForCausalLM {
+    fn logits(&self, batch: &TokenBatch, mode: ForwardMode) -> Tensor<3> {
+        self.forward(batch, mode, None)
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config().vocab_size
+    }
+}
