@@ -150,7 +150,7 @@ fn perturb(model: &mut TinyMlp) {
                     TensorData::new(pseudo_random(dims[0] * dims[1], s), dims),
                     &t.device(),
                 );
-                t + n.mul_scalar(0.05)
+                (t + n.mul_scalar(0.05)).detach().require_grad()
             };
             ad.lora_a = ad.lora_a.clone().map(|a| noise(a, seed));
             ad.lora_b = ad.lora_b.clone().map(|b| noise(b, seed + 100));

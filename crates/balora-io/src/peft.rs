@@ -335,7 +335,7 @@ pub fn load_adapter<M: AdapterSlots>(model: &mut M, dir: &Path) -> Result<Loaded
         let r = file.shape(&ka).map_or(0, |s| s[0]);
         let device = slot.weight.val().device();
         let dtype = slot.weight.val().dtype();
-        let step = || -> Result<(), IoError> {
+        let mut step = || -> Result<(), IoError> {
             let a = file.tensor(&ka, [r, inp], &device, dtype)?;
             let b = file.tensor(&kb, [out, r], &device, dtype)?;
             let scale = config.scale_for(path, r);

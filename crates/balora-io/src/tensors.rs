@@ -76,6 +76,24 @@ impl SafetensorsFile {
         st.tensor(key).ok().map(|t| t.shape().to_vec())
     }
 
+    /// A tensor's values on the host, converted to `E` (fixtures, integer tensors), with its
+    /// shape.
+    pub fn values<E: burn::tensor::Element>(&self, key: &str) -> Result<(Vec<E>, Vec<usize>), IoError> {
+        let st = self.parse()?;
+        let view = st.tensor(key).map_err(|_| IoError::MissingTensor {
+            path: self.path.clone(),
+            key: key.to_string(),
+        })?;
+        let src = burn_dtype(view.dtype()).ok_or_else(|| IoError::Dtype {
+            path: self.path.clone(),
+            key: key.to_string(),
+            dtype: format!("{:?}", view.dtype()),
+        })?;
+        let shape = view.shape().to_vec();
+        let data = TensorData::from_bytes_vec(view.data().to_vec(), shape.clone(), src);
+        Ok((data.iter::<E>().collect(), shape))
+    }
+
     /// Load one tensor onto `device` in `dtype`, checking its shape.
     pub fn tensor<const D: usize>(
         &self,

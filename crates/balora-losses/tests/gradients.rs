@@ -115,7 +115,10 @@ fn terms_are_not_computed_when_their_lambda_is_zero() {
     assert!(out.terms.diversity.is_none() && out.terms.svd.is_none());
     assert!(out.terms.skipped.is_empty());
     // λ1 = 0: the teacher is never asked for
-    let c = RegularizerConfig::paper(Task::Nlg).with_lambda_consistency(0.0);
+    let c = RegularizerConfig {
+        lambda_consistency: 0.0,
+        ..RegularizerConfig::paper(Task::Nlg)
+    };
     let loss = BaLoraLoss::new(c, 10).unwrap();
     let zero = Tensor::<1>::zeros([1], (&d, DType::F64));
     let out = loss

@@ -13,7 +13,7 @@ use balora_adapters::{AdapterSlots, ForwardMode, LoraLinear};
 use balora_io::{HfCheckpoint, IoError, LoadOptions};
 use balora_model::attention::{AttentionMask, scaled_dot_product};
 use balora_model::{SequenceClassifier, TokenBatch};
-use burn::module::{Ignored, Module, Param};
+use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig};
 use burn::tensor::activation::gelu;
 use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
@@ -274,10 +274,13 @@ pub struct BertForSequenceClassification {
     pub bert: BertModel,
     /// The head (trained fully, like peft's `modules_to_save`).
     pub classifier: ClassificationHead,
-    config: Ignored<BertConfig>,
+    #[module(skip)]
+    config: BertConfig,
     /// Checkpoint prefix of the encoder (`bert.`, `roberta.` or empty).
-    prefix: Ignored<String>,
-    pooling: Ignored<Pooling>,
+    #[module(skip)]
+    prefix: String,
+    #[module(skip)]
+    pooling: Pooling,
 }
 
 impl BertModel {
@@ -426,9 +429,9 @@ impl BertForSequenceClassification {
                 current: ClassificationHead::fresh(&config, labels, device, dtype),
                 initial: ClassificationHead::fresh(&config, labels, device, dtype),
             },
-            config: Ignored(config.clone()),
-            prefix: Ignored(prefix.clone()),
-            pooling: Ignored(if roberta { Pooling::Cls } else { Pooling::Pooler }),
+            config: config.clone(),
+            prefix: prefix.clone(),
+            pooling: if roberta { Pooling::Cls } else { Pooling::Pooler },
         };
         let head_in_file = has_key(&checkpoint, "classifier.")?;
         // freeze the encoder; the head stays trainable (peft's modules_to_save)
@@ -455,13 +458,13 @@ impl BertForSequenceClassification {
 
     /// Use another pooling for [`Self::features`] and the head.
     pub fn with_pooling(mut self, pooling: Pooling) -> Self {
-        self.pooling = Ignored(pooling);
+        self.pooling = pooling;
         self
     }
 
     /// The configuration.
     pub fn config(&self) -> &BertConfig {
-        &self.config.0
+        &self.config
     }
 
     /// Final hidden states `[B, T, d]`.
@@ -471,7 +474,7 @@ impl BertForSequenceClassification {
 
     /// One vector per sequence `[B, d]` with the configured pooling.
     pub fn features(&self, batch: &TokenBatch, mode: ForwardMode) -> Tensor<2> {
-        self.pool(self.hidden_states(batch, mode), batch, self.pooling.0, mode)
+        self.pool(self.hidden_states(batch, mode), batch, self.pooling, mode)
     }
 
     /// Pool hidden states `[B, T, d]` into `[B, d]`.
@@ -522,7 +525,7 @@ fn detect_prefix(checkpoint: &HfCheckpoint) -> Result<String, BertError> {
 
 impl AdapterSlots for BertForSequenceClassification {
     fn visit_slots(&self, f: &mut dyn FnMut(&str, &LoraLinear)) {
-        let p = &self.prefix.0;
+        let p = &self.prefix;
         for (i, l) in self.bert.encoder.layer.iter().enumerate() {
             let base = format!("{p}encoder.layer.{i}");
             let sa = &l.attention.self_attention;
@@ -536,7 +539,7 @@ impl AdapterSlots for BertForSequenceClassification {
     }
 
     fn visit_slots_mut(&mut self, f: &mut dyn FnMut(&str, &mut LoraLinear)) {
-        let p = self.prefix.0.clone();
+        let p = self.prefix.clone();
         for (i, l) in self.bert.encoder.layer.iter_mut().enumerate() {
             let base = format!("{p}encoder.layer.{i}");
             let sa = &mut l.attention.self_attention;

@@ -12,7 +12,7 @@ use balora_adapters::{AdapterSlots, ForwardMode, LoraLinear};
 use balora_io::{HfCheckpoint, IoError, LoadOptions};
 use balora_model::attention::{AttentionMask, scaled_dot_product};
 use balora_model::{CausalLm, TokenBatch};
-use burn::module::{Ignored, Module};
+use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig};
 use burn::tensor::activation::gelu_approximate;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
@@ -127,7 +127,8 @@ pub struct Gpt2Model {
 pub struct Gpt2LmHeadModel {
     /// The transformer.
     pub transformer: Gpt2Model,
-    config: Ignored<Gpt2Config>,
+    #[module(skip)]
+    config: Gpt2Config,
 }
 
 impl Gpt2Attention {
@@ -184,7 +185,7 @@ impl Gpt2LmHeadModel {
                 h,
                 ln_f: norm(),
             },
-            config: Ignored(config.clone()),
+            config: config.clone(),
         }
         .freeze()
     }
@@ -220,7 +221,7 @@ impl Gpt2LmHeadModel {
 
     /// The configuration.
     pub fn config(&self) -> &Gpt2Config {
-        &self.config.0
+        &self.config
     }
 }
 

@@ -5,7 +5,7 @@
 use balora_adapters::{AdapterSlots, ForwardMode, LoraLinear};
 use balora_model::attention::{AttentionMask, repeat_kv, scaled_dot_product};
 use balora_model::{CausalLm, TokenBatch};
-use burn::module::{Ignored, Module};
+use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::silu;
 use burn::tensor::{DType, Device, Tensor};
@@ -156,7 +156,8 @@ pub struct LlamaForCausalLM {
     pub model: LlamaModel,
     /// Output projection `[V, hidden]`; `None` when tied to the input embeddings.
     pub lm_head: Option<LoraLinear>,
-    config: Ignored<LlamaConfig>,
+    #[module(skip)]
+    config: LlamaConfig,
 }
 
 impl LlamaForCausalLM {
@@ -201,14 +202,14 @@ impl LlamaForCausalLM {
                 norm: norm(),
             },
             lm_head,
-            config: Ignored(config.clone()),
+            config: config.clone(),
         }
         .freeze()
     }
 
     /// The configuration.
     pub fn config(&self) -> &LlamaConfig {
-        &self.config.0
+        &self.config
     }
 
     /// Logits `[B, T, V]` for `batch`, optionally continuing from (and extending) `cache`.
