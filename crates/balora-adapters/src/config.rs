@@ -9,6 +9,7 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 use crate::AdapterError;
+use crate::monteclora::MonteCloraConfig;
 
 /// How `lora_A` and `lora_B` start.
 #[derive(Config, Debug, Copy, PartialEq)]
@@ -145,6 +146,9 @@ pub struct LoraConfig {
     /// initialisation is reproducible independent of the device's RNG.
     #[config(default = 0)]
     pub seed: u64,
+    /// Make the adapter a MonteCLoRA adapter (Bayesian perturbation of `lora_A`).
+    #[config(default = "None")]
+    pub monteclora: Option<MonteCloraConfig>,
 }
 
 impl LoraConfig {
@@ -189,6 +193,18 @@ impl LoraConfig {
                 field: "init",
                 value: "pissa_niter_0".into(),
                 reason: "use at least one power iteration, or InitMode::Pissa",
+            });
+        }
+        if let Some(mc) = &self.monteclora
+            && (mc.num_samples == 0
+                || !mc.sample_scaler.is_finite()
+                || mc.sample_scaler < 0.0
+                || mc.dirichlet_prior.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
+        {
+            return Err(AdapterError::InvalidConfig {
+                field: "monteclora",
+                value: format!("{mc:?}"),
+                reason: "num_samples ≥ 1, sample_scaler ≥ 0 and dirichlet_prior > 0 are required",
             });
         }
         self.target_modules.matcher().map(|_| ())

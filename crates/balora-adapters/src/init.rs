@@ -22,7 +22,7 @@ pub struct InitialFactors {
 
 /// A stable 64-bit hash (FNV-1a) of a layer path, so every layer draws its own random stream
 /// from one seed, independent of traversal order and of the device.
-fn path_seed(seed: u64, path: &str) -> u64 {
+pub(crate) fn path_seed(seed: u64, path: &str) -> u64 {
     path.bytes().fold(0xcbf2_9ce4_8422_2325 ^ seed, |h, b| {
         (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
     })

@@ -9,7 +9,8 @@ use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::module::linear;
 use burn::tensor::{Tensor, assert_shape};
 
-use crate::init::initial_factors;
+use crate::init::{initial_factors, path_seed};
+use crate::monteclora::MonteClora;
 use crate::{AdapterError, LoraConfig};
 
 /// Which network a forward pass computes.
@@ -52,6 +53,8 @@ pub struct LoraAdapter {
     pub scale: f64,
     /// Whether `s·B·A` is currently folded into the base weight.
     pub merged: bool,
+    /// MonteCLoRA's stochastic perturbation of `lora_A` (training only).
+    pub monteclora: Option<MonteClora>,
 }
 
 impl LoraAdapter {
@@ -63,8 +66,17 @@ impl LoraAdapter {
     /// `s·(dropout(x)·Aᵀ)·Bᵀ`: the update applied on the activation side, so the dense
     /// `out×in` ΔW is never formed in the training forward (it would cost a weight-sized
     /// tensor per layer, kept alive for the backward).
+    ///
+    /// With MonteCLoRA and a drawn sample, training (an autodiff input) uses the perturbed
+    /// `A + ΔA`; evaluation always uses the mean `A`.
     fn delta<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let h = linear(self.dropout.forward(x), self.lora_a.val().transpose(), None);
+        let mut a = self.lora_a.val();
+        if x.device().is_autodiff()
+            && let Some(perturbation) = self.monteclora.as_ref().and_then(MonteClora::perturbation)
+        {
+            a = a + perturbation;
+        }
+        let h = linear(self.dropout.forward(x), a.transpose(), None);
         linear(h, self.lora_b.val().transpose(), None).mul_scalar(self.scale)
     }
 
@@ -189,6 +201,9 @@ impl LoraLinear {
             lora_a: Param::from_tensor(init.lora_a.clone()).set_require_grad(false),
             lora_b: Param::from_tensor(init.lora_b.clone()).set_require_grad(false),
         });
+        let monteclora = config.monteclora.as_ref().map(|mc| {
+            MonteClora::init(mc, config.r, path_seed(config.seed ^ 0x4d43, path), &init.lora_a)
+        });
         self.adapter = Some(LoraAdapter {
             lora_a: Param::from_tensor(init.lora_a),
             lora_b: Param::from_tensor(init.lora_b),
@@ -196,6 +211,7 @@ impl LoraLinear {
             dropout: DropoutConfig::new(config.lora_dropout).init(),
             scale: config.scale(),
             merged: false,
+            monteclora,
         });
         Ok(())
     }
@@ -240,6 +256,7 @@ impl LoraLinear {
             dropout: DropoutConfig::new(0.0).init(),
             scale,
             merged: false,
+            monteclora: None,
         });
         Ok(())
     }

@@ -7,6 +7,8 @@
 //! * Initialisation: peft's Kaiming/zero ([`InitMode::Gaussian`]), PiSSA with a full thin SVD
 //!   ([`InitMode::Pissa`]) or a randomized one ([`InitMode::PissaFast`]); the SVD runs on the
 //!   host with faer.
+//! * [MonteCLoRA](monteclora): a Bayesian Monte-Carlo perturbation of `lora_A`, as an adapter
+//!   variant (`LoraConfig::monteclora`).
 //! * Targeting with peft's `target_modules` semantics and injection into any model that lists
 //!   its linear layers through [`AdapterSlots`].
 //!
@@ -30,13 +32,17 @@ mod config;
 mod error;
 mod init;
 mod layer;
+pub mod monteclora;
 mod slots;
+mod special;
 pub mod svd;
 
 pub use config::{InitMode, LoraConfig, TargetMatcher, TargetModules};
 pub use error::AdapterError;
 pub use init::{InitialFactors, initial_factors};
 pub use layer::{ForwardMode, InitialAdapter, LoraAdapter, LoraLinear};
+pub use monteclora::{MonteClora, MonteCloraConfig, MonteCloraSample, MonteCloraTerms};
 pub use slots::{
-    AdapterSlots, InjectionReport, inject, merge_all, trainable_adapter_params, unmerge_all,
+    AdapterSlots, InjectionReport, clear_monteclora, draw_monteclora, inject, merge_all,
+    monteclora_loss, trainable_adapter_params, unmerge_all,
 };

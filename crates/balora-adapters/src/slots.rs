@@ -2,6 +2,7 @@
 //! injection attaches adapters to the targeted ones.
 
 use burn::module::Module;
+use burn::tensor::Tensor;
 
 use crate::{AdapterError, LoraConfig, LoraLinear};
 
@@ -73,12 +74,17 @@ where
     ))
 }
 
-/// Number of trainable adapter parameters (`r·(in + out)` per adapted layer).
+/// Number of trainable adapter parameters (`r·(in + out)` per adapted layer, plus `r + N`
+/// with MonteCLoRA).
 pub fn trainable_adapter_params<M: AdapterSlots>(model: &M) -> usize {
     let mut n = 0;
     model.visit_slots(&mut |_, slot| {
         if let Some(a) = &slot.adapter {
             n += a.lora_a.shape().num_elements() + a.lora_b.shape().num_elements();
+            if let Some(mc) = &a.monteclora {
+                n += mc.std_prior.shape().num_elements()
+                    + mc.expert_weights_prior.shape().num_elements();
+            }
         }
     });
     n
@@ -96,4 +102,44 @@ pub fn unmerge_all<M: AdapterSlots>(model: &mut M) {
     model.visit_slots_mut(&mut |_, slot| {
         slot.unmerge();
     });
+}
+
+/// Draw MonteCLoRA's random inputs for optimizer step `step` in every MonteCLoRA adapter, each
+/// from a seed derived from `(seed, step, layer path)`: reproducible and resumable.
+pub fn draw_monteclora<M: AdapterSlots>(model: &mut M, seed: u64, step: u64) {
+    model.visit_slots_mut(&mut |path, slot| {
+        let [_, inp] = slot.dims();
+        if let Some(mc) = slot.adapter.as_mut().and_then(|a| a.monteclora.as_mut()) {
+            let step_seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(step);
+            mc.draw(inp, crate::init::path_seed(step_seed, path));
+        }
+    });
+}
+
+/// Forget the drawn samples (evaluation then uses the mean adapter even on an autodiff device).
+pub fn clear_monteclora<M: AdapterSlots>(model: &mut M) {
+    model.visit_slots_mut(&mut |_, slot| {
+        if let Some(mc) = slot.adapter.as_mut().and_then(|a| a.monteclora.as_mut()) {
+            mc.sample = None;
+        }
+    });
+}
+
+/// MonteCLoRA's regulariser: the mean over adapted layers of
+/// `β·(KL_Dir + KL_W + KL_N) + [Σ w²]`; `None` when no layer has a drawn sample.
+pub fn monteclora_loss<M: AdapterSlots>(model: &M) -> Option<Tensor<1>> {
+    let mut terms = Vec::new();
+    model.visit_slots(&mut |_, slot| {
+        if let Some(r) = slot
+            .adapter
+            .as_ref()
+            .and_then(|a| a.monteclora.as_ref())
+            .and_then(|mc| mc.regularizer())
+        {
+            terms.push(r);
+        }
+    });
+    let n = terms.len();
+    let sum = terms.into_iter().reduce(|a, b| a + b)?;
+    Some(sum.div_scalar(n as f64))
 }

@@ -182,6 +182,14 @@ pub fn save_adapter<M: AdapterSlots>(
         };
         tensors.insert(key(path, "lora_A"), to_data(a));
         tensors.insert(key(path, "lora_B"), to_data(b));
+        if let Some(mc) = &adapter.monteclora {
+            let sampler = |name: &str| format!("{KEY_PREFIX}{path}.lora_monteclora_sampler.{name}");
+            let vec = |t: Tensor<1>| t.detach().into_data();
+            tensors.insert(sampler("std_prior"), vec(mc.std_prior.val()));
+            tensors.insert(sampler("expert_weights_prior"), vec(mc.expert_weights_prior.val()));
+            tensors.insert(sampler("gaussian_var_prior"), to_data(mc.last_covariance()));
+            tensors.insert(sampler("expert_weights"), vec(mc.last_weights()));
+        }
     });
     let (r, alpha) = if convert {
         let alpha = if config.use_rslora {
@@ -215,13 +223,17 @@ pub fn save_adapter<M: AdapterSlots>(
         base_model_name_or_path: options.base_model_name_or_path.clone(),
     };
     write_safetensors(&dir.join(WEIGHTS_FILE), &tensors)?;
-    write_config(&dir.join(CONFIG_FILE), &peft)?;
+    write_config(&dir.join(CONFIG_FILE), &peft, config.monteclora.as_ref())?;
     Ok(peft)
 }
 
 /// Write `adapter_config.json` like peft (`indent=2, sort_keys=True`), with the fields peft
 /// always emits so its loader needs no defaults from us.
-fn write_config(path: &Path, config: &PeftConfig) -> Result<(), IoError> {
+fn write_config(
+    path: &Path,
+    config: &PeftConfig,
+    monteclora: Option<&balora_adapters::MonteCloraConfig>,
+) -> Result<(), IoError> {
     let json_err = |source| IoError::Json {
         path: path.to_path_buf(),
         source,
@@ -234,6 +246,20 @@ fn write_config(path: &Path, config: &PeftConfig) -> Result<(), IoError> {
         map.insert("layers_pattern".into(), Value::Null);
         map.insert("revision".into(), Value::Null);
         map.insert("lora_bias".into(), json!(false));
+    }
+    if let (Value::Object(map), Some(mc)) = (&mut value, monteclora) {
+        // one draw per step: the "buffer" holds a single sample
+        map.insert(
+            "monteclora_config".into(),
+            json!({
+                "buffer_size": 1,
+                "dirichlet_prior": mc.dirichlet_prior,
+                "kl_loss_weight": mc.kl_loss_weight,
+                "num_samples": mc.num_samples,
+                "sample_scaler": mc.sample_scaler,
+                "use_entropy": mc.use_entropy,
+            }),
+        );
     }
     // serde_json's Map is a BTreeMap (no `preserve_order`): keys come out sorted.
     let mut text = serde_json::to_string_pretty(&value).map_err(json_err)?;
@@ -306,6 +332,7 @@ pub fn load_adapter<M: AdapterSlots>(model: &mut M, dir: &Path) -> Result<Loaded
     let config = read_config(dir)?;
     let weights_path = dir.join(WEIGHTS_FILE);
     let file = SafetensorsFile::open(&weights_path)?;
+    // MonteCLoRA's sampler tensors only matter for training; a loaded adapter is the mean.
     let mut remaining: BTreeMap<String, ()> = file
         .names()
         .into_iter()
@@ -331,34 +358,7 @@ pub fn load_adapter<M: AdapterSlots>(model: &mut M, dir: &Path) -> Result<Loaded
             return;
         }
         remaining.remove(&kb);
-        let [out, inp] = slot.dims();
-        let r = file.shape(&ka).map_or(0, |s| s[0]);
-        let device = slot.weight.val().device();
-        let dtype = slot.weight.val().dtype();
-        let mut step = || -> Result<(), IoError> {
-            let a = file.tensor(&ka, [r, inp], &device, dtype)?;
-            let b = file.tensor(&kb, [out, r], &device, dtype)?;
-            let scale = config.scale_for(path, r);
-            let adapter_err = |source| IoError::Adapter {
-                path: dir_path.clone(),
-                source,
-            };
-            if !pissa {
-                return slot.attach_factors(path, a, b, scale).map_err(adapter_err);
-            }
-            // peft re-runs the SVD on load: the base becomes the residual, (A₀, B₀) the
-            // teacher's initial factors, and the saved factors the trainable ones.
-            let init = LoraConfig::new(r, TargetModules::names([path]))
-                .with_lora_alpha(scale * r as f64)
-                .with_init(InitMode::Pissa);
-            slot.attach(path, &init).map_err(adapter_err)?;
-            if let Some(adapter) = &mut slot.adapter {
-                adapter.lora_a = Param::from_tensor(a);
-                adapter.lora_b = Param::from_tensor(b);
-            }
-            Ok(())
-        };
-        result = step();
+        result = attach_from_file(slot, path, &file, &config, pissa, &dir_path);
         adapted.push(path.to_string());
     });
     result?;
@@ -369,4 +369,41 @@ pub fn load_adapter<M: AdapterSlots>(model: &mut M, dir: &Path) -> Result<Loaded
         });
     }
     Ok(LoadedAdapter { config, adapted })
+}
+
+/// Attach the factors stored for `path` in `file` to `slot` (see [`load_adapter`]).
+fn attach_from_file(
+    slot: &mut balora_adapters::LoraLinear,
+    path: &str,
+    file: &SafetensorsFile,
+    config: &PeftConfig,
+    pissa: bool,
+    dir: &Path,
+) -> Result<(), IoError> {
+    let (ka, kb) = (key(path, "lora_A"), key(path, "lora_B"));
+    let [out, inp] = slot.dims();
+    let r = file.shape(&ka).map_or(0, |s| s[0]);
+    let device = slot.weight.val().device();
+    let dtype = slot.weight.val().dtype();
+    let a = file.tensor(&ka, [r, inp], &device, dtype)?;
+    let b = file.tensor(&kb, [out, r], &device, dtype)?;
+    let scale = config.scale_for(path, r);
+    let adapter_err = |source| IoError::Adapter {
+        path: dir.to_path_buf(),
+        source,
+    };
+    if !pissa {
+        return slot.attach_factors(path, a, b, scale).map_err(adapter_err);
+    }
+    // peft re-runs the SVD on load: the base becomes the residual, (A₀, B₀) the teacher's
+    // initial factors, and the saved factors the trainable ones.
+    let init = LoraConfig::new(r, TargetModules::names([path]))
+        .with_lora_alpha(scale * r as f64)
+        .with_init(InitMode::Pissa);
+    slot.attach(path, &init).map_err(adapter_err)?;
+    if let Some(adapter) = &mut slot.adapter {
+        adapter.lora_a = Param::from_tensor(a);
+        adapter.lora_b = Param::from_tensor(b);
+    }
+    Ok(())
 }

@@ -139,7 +139,7 @@ mod tests {
         let z = tensor64(&[1.0, 2.0, 3.0, 0.5, -1.0, 2.0], [2, 3], &d);
         let s = values(singular_values(z.clone()).unwrap());
         assert!((s[0] - 3.987630261861874).abs() < 1e-12);
-        assert!((s[1] - 1.829974014756330).abs() < 1e-12);
+        assert!((s[1] - 1.829_974_014_756_33).abs() < 1e-12);
         // tall orientation gives the same values
         let st = values(singular_values(z.transpose()).unwrap());
         assert!((st[0] - s[0]).abs() < 1e-12 && (st[1] - s[1]).abs() < 1e-12);

@@ -58,7 +58,7 @@ impl TokenBatch {
 
     /// Whether any position is padding.
     pub fn has_padding(&self) -> bool {
-        self.attention_mask.iter().any(|&m| m == 0)
+        self.attention_mask.contains(&0)
     }
 
     /// Number of real tokens.

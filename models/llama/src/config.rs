@@ -200,7 +200,7 @@ impl LlamaConfig {
                 expected: "default, linear or llama3",
             });
         }
-        if self.num_attention_heads % self.kv_heads() != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             return Err(LlamaError::UnsupportedConfig {
                 key: "num_key_value_heads",
                 value: self.kv_heads().to_string(),

@@ -104,7 +104,7 @@ fn smollm2_logits_match_transformers() {
     let v = model.vocab_size();
     for i in 0..3 {
         let ids = ints(&file, &format!("ids.{i}"));
-        let batch = TokenBatch::right_padded(&[ids.clone()], 0);
+        let batch = TokenBatch::right_padded(std::slice::from_ref(&ids), 0);
         let got = values(model.logits(&batch, ForwardMode::Adapted));
         let (vals, _) = floats(&file, &format!("top50_values.{i}"));
         let idx = ints(&file, &format!("top50_indices.{i}"));
