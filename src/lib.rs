@@ -8,6 +8,8 @@
 //! * [`adapters`]: [`LoraLinear`](adapters::LoraLinear), PiSSA initialisation, targeting,
 //!   injection, teacher mode;
 //! * [`losses`]: task losses and BA-LoRA's regularisers with the `paper` / `iclr2026` presets;
+//! * [`model`]: the model/trainer seam ([`model::CausalLm`], [`model::SequenceClassifier`]);
+//! * [`train`]: datasets, the step loop, checkpoints, metrics and evaluation;
 //! * [`io`]: adapter files in Hugging Face PEFT's own format;
 //! * [`device`]: `--device cpu|wgpu|cuda[:N]` parsing.
 
@@ -16,5 +18,7 @@ pub mod device;
 pub use balora_adapters as adapters;
 pub use balora_io as io;
 pub use balora_losses as losses;
+pub use balora_model as model;
+pub use balora_train as train;
 pub use burn;
 pub use device::{DeviceError, parse_device};

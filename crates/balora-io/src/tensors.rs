@@ -70,6 +70,12 @@ impl SafetensorsFile {
         names
     }
 
+    /// Burn dtype of a tensor, if present and supported.
+    pub fn dtype(&self, key: &str) -> Option<DType> {
+        let st = self.parse().ok()?;
+        st.tensor(key).ok().and_then(|t| burn_dtype(t.dtype()))
+    }
+
     /// Shape of a tensor, if present.
     pub fn shape(&self, key: &str) -> Option<Vec<usize>> {
         let st = self.parse().ok()?;

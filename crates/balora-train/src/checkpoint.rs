@@ -1,0 +1,158 @@
+//! Training checkpoints: every trainable tensor (adapters, MonteCLoRA parameters, classifier
+//! heads) and AdamW's moments, keyed by module path, plus the loop state (step, data cursor).
+//! Written atomically (temp + rename), so a crash never leaves a torn checkpoint, and read
+//! back onto a freshly built model for a bit-identical continuation.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use balora_io::tensors::{SafetensorsFile, write_safetensors};
+use balora_io::{IoError, fs::atomic_write, fs::read};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+use crate::optim::{AdamW, Moments};
+
+const TENSORS: &str = "trainer_state.safetensors";
+const STATE: &str = "trainer_state.json";
+
+/// Where the loop stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoopState {
+    /// Optimizer steps done.
+    pub step: usize,
+    /// Current epoch.
+    pub epoch: u64,
+    /// Batches of the current epoch already consumed.
+    pub batch_in_epoch: usize,
+    /// AdamW updates made.
+    pub adam_steps: u64,
+}
+
+struct Collect {
+    stack: Vec<String>,
+    out: BTreeMap<String, TensorData>,
+}
+
+impl ModuleVisitor for Collect {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.stack.push(name.to_string());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.stack.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if param.is_require_grad() {
+            self.out.insert(format!("param.{}", self.stack.join(".")), param.val().to_data());
+        }
+    }
+}
+
+struct Restore<'a> {
+    stack: Vec<String>,
+    file: &'a SafetensorsFile,
+    error: Option<IoError>,
+}
+
+impl ModuleMapper for Restore<'_> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.stack.push(name.to_string());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.stack.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if !param.is_require_grad() || self.error.is_some() {
+            return param;
+        }
+        let key = format!("param.{}", self.stack.join("."));
+        let shape = param.shape().dims::<D>();
+        let (device, dtype) = (param.val().device(), param.val().dtype());
+        match self.file.tensor::<D>(&key, shape, &device, dtype) {
+            Ok(t) => param.map(|_| t.require_grad()),
+            Err(e) => {
+                self.error = Some(e);
+                param
+            }
+        }
+    }
+}
+
+/// Write a checkpoint of `model`, `optim` and `state` into `dir` (created if needed).
+pub fn save_checkpoint<M: Module>(
+    dir: &Path,
+    model: &M,
+    optim: &AdamW,
+    state: &LoopState,
+) -> Result<(), TrainError> {
+    let mut c = Collect {
+        stack: Vec::new(),
+        out: BTreeMap::new(),
+    };
+    model.visit(&mut c);
+    let mut tensors = c.out;
+    for (k, v) in optim.state_data() {
+        tensors.insert(format!("adam.{k}"), v);
+    }
+    write_safetensors(&dir.join(TENSORS), &tensors)?;
+    let json = serde_json::to_vec_pretty(state).map_err(|source| IoError::Json {
+        path: dir.join(STATE),
+        source,
+    })?;
+    // the JSON is written last: its presence marks a complete checkpoint
+    atomic_write(&dir.join(STATE), &json)?;
+    Ok(())
+}
+
+/// Whether `dir` holds a complete checkpoint.
+pub fn has_checkpoint(dir: &Path) -> bool {
+    dir.join(STATE).is_file() && dir.join(TENSORS).is_file()
+}
+
+/// Restore the trainable tensors of `model` and the optimizer state (onto `device`) from `dir`.
+pub fn load_checkpoint<M: Module>(
+    dir: &Path,
+    model: M,
+    optim: &mut AdamW,
+    device: &Device,
+) -> Result<(M, LoopState), TrainError> {
+    let state_path = dir.join(STATE);
+    let state: LoopState =
+        serde_json::from_slice(&read(&state_path)?).map_err(|source| IoError::Json {
+            path: state_path.clone(),
+            source,
+        })?;
+    let file = SafetensorsFile::open(&dir.join(TENSORS))?;
+    let mut restore = Restore {
+        stack: Vec::new(),
+        file: &file,
+        error: None,
+    };
+    let model = model.map(&mut restore);
+    if let Some(e) = restore.error {
+        return Err(e.into());
+    }
+    optim.state.clear();
+    optim.steps = state.adam_steps;
+    for name in file.names() {
+        let Some(path) = name.strip_prefix("adam.").and_then(|p| p.strip_suffix(".m")) else {
+            continue;
+        };
+        let load = |suffix: &str| -> Result<Tensor<1>, TrainError> {
+            let key = format!("adam.{path}.{suffix}");
+            let (values, shape) = file.values::<f64>(&key)?;
+            let dtype = file.dtype(&key).unwrap_or(DType::F32);
+            Ok(Tensor::from_data(TensorData::new(values, [shape[0]]), (device, dtype)))
+        };
+        optim.state.insert(
+            path.to_string(),
+            Moments {
+                m: load("m")?,
+                v: load("v")?,
+            },
+        );
+    }
+    Ok((model, state))
+}

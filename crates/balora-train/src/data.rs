@@ -1,0 +1,416 @@
+//! Datasets: NLG instruction data (MetaMathQA `query`/`response`, Alpaca
+//! `instruction`/`input`/`output`) and NLU classification data (JSONL, TSV, CSV), tokenised
+//! into examples and batched with length bucketing and a seeded shuffle.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use balora_io::{ChatMessage, ChatTemplate};
+use balora_losses::IGNORE_INDEX;
+use balora_model::TokenBatch;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde_json::Value;
+use tokenizers::Tokenizer;
+
+use crate::TrainError;
+
+/// One instruction-following example before tokenisation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NlgRecord {
+    /// The instruction (plus input, for Alpaca).
+    pub prompt: String,
+    /// The target response.
+    pub response: String,
+    /// The gold final answer, when the data has one (math word problems).
+    pub answer: Option<String>,
+}
+
+/// One classification example before tokenisation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NluRecord {
+    /// The text.
+    pub text: String,
+    /// The second text of a pair task.
+    pub text_pair: Option<String>,
+    /// The label as written in the file.
+    pub label: String,
+}
+
+fn read_text(path: &Path) -> Result<String, TrainError> {
+    let bytes = balora_io::fs::read(path)?;
+    String::from_utf8(bytes).map_err(|e| TrainError::Data {
+        path: path.to_path_buf(),
+        line: 0,
+        reason: format!("not UTF-8: {e}"),
+    })
+}
+
+fn field<'a>(obj: &'a serde_json::Map<String, Value>, names: &[&str]) -> Option<&'a str> {
+    names.iter().find_map(|n| obj.get(*n).and_then(Value::as_str))
+}
+
+/// Read a JSONL file of instruction data: each line an object with `query` and `response`
+/// (MetaMathQA) or `instruction`, optional `input`, and `output` (Alpaca); an optional `answer`.
+pub fn read_nlg_jsonl(path: &Path) -> Result<Vec<NlgRecord>, TrainError> {
+    let text = read_text(path)?;
+    let mut records = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let err = |reason: String| TrainError::Data {
+            path: path.to_path_buf(),
+            line: i + 1,
+            reason,
+        };
+        let value: Value = serde_json::from_str(line).map_err(|e| err(format!("malformed JSON: {e}")))?;
+        let obj = value
+            .as_object()
+            .ok_or_else(|| err("expected a JSON object".into()))?;
+        let record = if let Some(query) = field(obj, &["query"]) {
+            let response = field(obj, &["response"])
+                .ok_or_else(|| err("missing field \"response\" (MetaMathQA rows need query and response)".into()))?;
+            NlgRecord {
+                prompt: query.to_string(),
+                response: response.to_string(),
+                answer: None,
+            }
+        } else if let Some(instruction) = field(obj, &["instruction"]) {
+            let output = field(obj, &["output"])
+                .ok_or_else(|| err("missing field \"output\" (Alpaca rows need instruction and output)".into()))?;
+            let prompt = match field(obj, &["input"]).filter(|s| !s.is_empty()) {
+                Some(input) => format!("{instruction}\n\n{input}"),
+                None => instruction.to_string(),
+            };
+            NlgRecord {
+                prompt,
+                response: output.to_string(),
+                answer: None,
+            }
+        } else {
+            return Err(err(
+                "missing field: expected \"query\"/\"response\" or \"instruction\"/\"output\"".into(),
+            ));
+        };
+        let answer = obj.get("answer").map(|a| match a {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        });
+        records.push(NlgRecord { answer, ..record });
+    }
+    if records.is_empty() {
+        return Err(TrainError::EmptyDataset {
+            path: path.to_path_buf(),
+            reason: "the file has no rows".into(),
+        });
+    }
+    Ok(records)
+}
+
+/// Read classification data: JSONL (`text`/`sentence`, optional `text_pair`/`sentence2`,
+/// `label`) or TSV/CSV with a header naming those columns (by extension).
+pub fn read_nlu(path: &Path) -> Result<Vec<NluRecord>, TrainError> {
+    let text = read_text(path)?;
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let mut records = Vec::new();
+    let err = |line: usize, reason: String| TrainError::Data {
+        path: path.to_path_buf(),
+        line,
+        reason,
+    };
+    match ext {
+        "tsv" | "csv" => {
+            let sep = if ext == "tsv" { '\t' } else { ',' };
+            let mut lines = text.lines().enumerate();
+            let header: Vec<String> = lines
+                .next()
+                .map(|(_, h)| split_row(h, sep))
+                .ok_or_else(|| err(1, "missing header row".into()))?;
+            let col = |names: &[&str]| header.iter().position(|h| names.contains(&h.as_str()));
+            let text_col = col(&["text", "sentence", "sentence1"])
+                .ok_or_else(|| err(1, "no text/sentence column in the header".into()))?;
+            let pair_col = col(&["text_pair", "sentence2"]);
+            let label_col = col(&["label"]).ok_or_else(|| err(1, "no label column in the header".into()))?;
+            for (i, line) in lines {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let row = split_row(line, sep);
+                let get = |c: usize| {
+                    row.get(c)
+                        .cloned()
+                        .ok_or_else(|| err(i + 1, format!("expected {} columns, found {}", header.len(), row.len())))
+                };
+                records.push(NluRecord {
+                    text: get(text_col)?,
+                    text_pair: pair_col.map(get).transpose()?,
+                    label: get(label_col)?,
+                });
+            }
+        }
+        _ => {
+            for (i, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let value: Value = serde_json::from_str(line)
+                    .map_err(|e| err(i + 1, format!("malformed JSON: {e}")))?;
+                let obj = value
+                    .as_object()
+                    .ok_or_else(|| err(i + 1, "expected a JSON object".into()))?;
+                let text = field(obj, &["text", "sentence", "sentence1"])
+                    .ok_or_else(|| err(i + 1, "missing field \"text\"".into()))?;
+                let label = match obj.get("label") {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Number(n)) => n.to_string(),
+                    Some(Value::Bool(b)) => b.to_string(),
+                    _ => return Err(err(i + 1, "missing field \"label\"".into())),
+                };
+                records.push(NluRecord {
+                    text: text.to_string(),
+                    text_pair: field(obj, &["text_pair", "sentence2"]).map(str::to_string),
+                    label,
+                });
+            }
+        }
+    }
+    if records.is_empty() {
+        return Err(TrainError::EmptyDataset {
+            path: path.to_path_buf(),
+            reason: "the file has no rows".into(),
+        });
+    }
+    Ok(records)
+}
+
+/// Split a CSV/TSV row, honouring double quotes (`"a, b"` and `""` escapes).
+fn split_row(line: &str, sep: char) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = line.trim_end_matches('\r').chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            c if c == sep && !quoted => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+/// Class names in a fixed order (sorted; numeric labels numerically), so label ids are stable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelSet {
+    names: Vec<String>,
+}
+
+impl LabelSet {
+    /// The labels of a training set.
+    pub fn from_records(records: &[NluRecord]) -> Self {
+        let mut names: Vec<String> = records.iter().map(|r| r.label.clone()).collect();
+        names.sort_by(|a, b| match (a.parse::<f64>(), b.parse::<f64>()) {
+            (Ok(x), Ok(y)) => x.total_cmp(&y),
+            _ => a.cmp(b),
+        });
+        names.dedup();
+        Self { names }
+    }
+
+    /// Number of classes.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether there is no class.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The id of `label`, or `None` outside the set.
+    pub fn id(&self, label: &str) -> Option<usize> {
+        self.names.iter().position(|n| n == label)
+    }
+
+    /// The class names in id order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+}
+
+/// How an instruction is turned into model input.
+#[derive(Debug, Clone)]
+pub enum PromptFormat {
+    /// The checkpoint's chat template (user turn, then the assistant's turn is opened).
+    Chat(ChatTemplate),
+    /// The Alpaca/MetaMathQA template PiSSA and BA-LoRA train with.
+    Alpaca,
+}
+
+impl PromptFormat {
+    /// The model input for `prompt`, ending where the response starts.
+    pub fn render(&self, prompt: &str) -> Result<String, TrainError> {
+        match self {
+            PromptFormat::Chat(t) => t
+                .render(&[ChatMessage::new("user", prompt)], true)
+                .map_err(TrainError::Tokenizer),
+            PromptFormat::Alpaca => Ok(format!(
+                "Below is an instruction that describes a task. Write a response that \
+                 appropriately completes the request.\n\n### Instruction:\n{prompt}\n\n### Response:"
+            )),
+        }
+    }
+}
+
+/// A tokenised training example: ids and per-token labels (−100 on the prompt).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Example {
+    /// Token ids.
+    pub ids: Vec<u32>,
+    /// Labels, aligned with `ids`: the id for response tokens, −100 for prompt tokens; for
+    /// classification a single class id (or the regression target's bits).
+    pub labels: Vec<i64>,
+    /// Segment ids for text pairs.
+    pub token_types: Option<Vec<u32>>,
+}
+
+fn encode(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>, TrainError> {
+    tokenizer
+        .encode(text, false)
+        .map(|e| e.get_ids().to_vec())
+        .map_err(|e| TrainError::Tokenizer(e.to_string()))
+}
+
+/// Tokenise instruction data: prompt tokens get label −100 (response-only loss), the response
+/// is followed by `eos`. Examples longer than `max_len` are truncated from the end; the count
+/// of truncated examples is returned for a warning. Examples whose response would vanish
+/// entirely are dropped.
+pub fn tokenize_nlg(
+    records: &[NlgRecord],
+    tokenizer: &Tokenizer,
+    format: &PromptFormat,
+    max_len: usize,
+    eos: u32,
+) -> Result<(Vec<Example>, usize), TrainError> {
+    let mut out = Vec::with_capacity(records.len());
+    let mut truncated = 0;
+    for r in records {
+        let prompt = encode(tokenizer, &format.render(&r.prompt)?)?;
+        let mut response = encode(tokenizer, &r.response)?;
+        response.push(eos);
+        let mut ids = prompt.clone();
+        ids.extend(&response);
+        let mut labels: Vec<i64> = vec![IGNORE_INDEX; prompt.len()];
+        labels.extend(response.iter().map(|&t| t as i64));
+        if ids.len() > max_len {
+            truncated += 1;
+            ids.truncate(max_len);
+            labels.truncate(max_len);
+        }
+        if labels.iter().any(|&l| l != IGNORE_INDEX) {
+            out.push(Example {
+                ids,
+                labels,
+                token_types: None,
+            });
+        }
+    }
+    Ok((out, truncated))
+}
+
+/// Tokenise classification data with the tokenizer's own special tokens (`[CLS] … [SEP]`),
+/// truncated to `max_len`; labels must be in `labels` (the training set's classes).
+pub fn tokenize_nlu(
+    records: &[NluRecord],
+    tokenizer: &Tokenizer,
+    labels: &LabelSet,
+    max_len: usize,
+    path: &Path,
+) -> Result<(Vec<Example>, usize), TrainError> {
+    let mut out = Vec::with_capacity(records.len());
+    let mut truncated = 0;
+    for (i, r) in records.iter().enumerate() {
+        let id = labels.id(&r.label).ok_or_else(|| TrainError::Data {
+            path: path.to_path_buf(),
+            line: i + 2,
+            reason: format!("label {:?} is outside the class set {:?}", r.label, labels.names()),
+        })?;
+        let enc = match &r.text_pair {
+            Some(pair) => tokenizer.encode((r.text.as_str(), pair.as_str()), true),
+            None => tokenizer.encode(r.text.as_str(), true),
+        }
+        .map_err(|e| TrainError::Tokenizer(e.to_string()))?;
+        let mut ids = enc.get_ids().to_vec();
+        let mut types = enc.get_type_ids().to_vec();
+        if ids.len() > max_len {
+            truncated += 1;
+            ids.truncate(max_len);
+            types.truncate(max_len);
+        }
+        out.push(Example {
+            ids,
+            labels: vec![id as i64],
+            token_types: r.text_pair.is_some().then_some(types),
+        });
+    }
+    Ok((out, truncated))
+}
+
+/// The batches of one epoch: a seeded shuffle, then length bucketing (sort within windows of
+/// 16 batches so padding stays small), then a seeded shuffle of the batch order. A pure
+/// function of `(seed, epoch)`, which makes the data cursor of a checkpoint just a position.
+pub fn epoch_batches(lengths: &[usize], batch_size: usize, seed: u64, epoch: u64) -> Vec<Vec<usize>> {
+    let mut rng = StdRng::seed_from_u64(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.shuffle(&mut rng);
+    let mut batches = Vec::new();
+    for window in order.chunks(batch_size.max(1) * 16) {
+        let mut w = window.to_vec();
+        w.sort_by_key(|&i| lengths[i]);
+        batches.extend(w.chunks(batch_size.max(1)).map(<[usize]>::to_vec));
+    }
+    batches.shuffle(&mut rng);
+    batches
+}
+
+/// Collate examples into a right-padded batch and its labels: per token (`[B, T]`, −100 on
+/// padding) for NLG, one class id per example for NLU.
+pub fn collate(examples: &[&Example], pad_id: u32, token_labels: bool) -> (TokenBatch, Vec<i64>) {
+    let seqs: Vec<Vec<u32>> = examples.iter().map(|e| e.ids.clone()).collect();
+    let mut batch = TokenBatch::right_padded(&seqs, pad_id);
+    let [b, t] = batch.dims;
+    let mut labels = vec![IGNORE_INDEX; b * t];
+    if token_labels {
+        for (i, e) in examples.iter().enumerate() {
+            labels[i * t..i * t + e.labels.len()].copy_from_slice(&e.labels);
+        }
+    } else {
+        labels = examples.iter().map(|e| e.labels[0]).collect();
+    }
+    if examples.iter().any(|e| e.token_types.is_some()) {
+        let mut types = vec![0u32; b * t];
+        for (i, e) in examples.iter().enumerate() {
+            if let Some(tt) = &e.token_types {
+                types[i * t..i * t + tt.len()].copy_from_slice(tt);
+            }
+        }
+        batch.token_type_ids = Some(types);
+    }
+    (batch, labels)
+}
+
+/// Counts of labels, for logs.
+pub fn label_counts(examples: &[Example]) -> BTreeMap<i64, usize> {
+    let mut m = BTreeMap::new();
+    for e in examples {
+        *m.entry(e.labels[0]).or_insert(0) += 1;
+    }
+    m
+}

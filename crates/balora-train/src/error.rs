@@ -1,0 +1,63 @@
+//! The one error type of the trainer crate.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Training could not start or continue.
+#[derive(Debug, Error)]
+pub enum TrainError {
+    /// A dataset line that is not what the format requires (names `file:line`).
+    #[error("{path}:{line}: {reason}")]
+    Data {
+        /// The data file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A dataset with no usable example.
+    #[error("{path}: no usable example ({reason})")]
+    EmptyDataset {
+        /// The data file.
+        path: PathBuf,
+        /// Why nothing was kept.
+        reason: String,
+    },
+    /// The loss became NaN or infinite.
+    #[error("step {step}: the loss is {value} — stopping; the last good checkpoint is kept")]
+    NonFinite {
+        /// The optimizer step.
+        step: usize,
+        /// The value.
+        value: f64,
+    },
+    /// An invalid option value.
+    #[error("invalid option {option} = {value:?}: {reason}")]
+    Option {
+        /// The option.
+        option: &'static str,
+        /// Its value.
+        value: String,
+        /// Why.
+        reason: String,
+    },
+    /// Files (checkpoints, adapters, metrics).
+    #[error(transparent)]
+    Io(#[from] balora_io::IoError),
+    /// A loss could not be computed.
+    #[error(transparent)]
+    Loss(#[from] balora_losses::LossError),
+    /// The tokenizer failed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// Plotting failed.
+    #[error("{path}: cannot draw the plot: {reason}")]
+    Plot {
+        /// The PNG file.
+        path: PathBuf,
+        /// The plotting library's message.
+        reason: String,
+    },
+}

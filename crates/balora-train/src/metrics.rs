@@ -1,0 +1,169 @@
+//! Training metrics: one JSON object per optimizer step in `metrics.jsonl`, and `loss.png`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+
+/// What is logged per optimizer step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    /// Optimizer step (1-based).
+    pub step: usize,
+    /// Total loss (task + weighted regularisers), averaged over accumulation micro-batches.
+    pub loss: f64,
+    /// Task loss.
+    pub task: f64,
+    /// Consistency term (unweighted), when computed.
+    pub consistency: Option<f64>,
+    /// Diversity term (unweighted), when computed.
+    pub diversity: Option<f64>,
+    /// SVD term (unweighted), when computed.
+    pub svd: Option<f64>,
+    /// MonteCLoRA's regulariser, when used.
+    pub monteclora: Option<f64>,
+    /// λ1, λ2, λ3 in effect.
+    pub lambdas: [f64; 3],
+    /// Learning rate.
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Tokens per second over this step.
+    pub tokens_per_s: f64,
+}
+
+/// Appends step metrics to `metrics.jsonl`, flushing every line.
+pub struct MetricsLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl MetricsLog {
+    /// Open `path` for appending, first dropping every line of a step after `keep_until`
+    /// (a resumed run rewrites the steps after its checkpoint, so the curve has no duplicates).
+    pub fn open(path: &Path, keep_until: usize) -> Result<Self, TrainError> {
+        let io = |source| balora_io::IoError::Fs {
+            path: path.to_path_buf(),
+            source,
+        };
+        let kept: Vec<String> = if path.exists() {
+            BufReader::new(File::open(path).map_err(io)?)
+                .lines()
+                .map_while(Result::ok)
+                .filter(|l| {
+                    serde_json::from_str::<StepMetrics>(l).is_ok_and(|m| m.step <= keep_until)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut text = kept.join("\n");
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        balora_io::fs::atomic_write(path, text.as_bytes())?;
+        let file = OpenOptions::new().append(true).open(path).map_err(io)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    /// Append one step.
+    pub fn write(&mut self, m: &StepMetrics) -> Result<(), TrainError> {
+        let line = serde_json::to_string(m).map_err(|source| balora_io::IoError::Json {
+            path: self.path.clone(),
+            source,
+        })?;
+        writeln!(self.file, "{line}")
+            .and_then(|_| self.file.flush())
+            .map_err(|source| balora_io::IoError::Fs {
+                path: self.path.clone(),
+                source,
+            })?;
+        Ok(())
+    }
+}
+
+/// Read back a `metrics.jsonl`.
+pub fn read_metrics(path: &Path) -> Result<Vec<StepMetrics>, TrainError> {
+    let text = String::from_utf8_lossy(&balora_io::fs::read(path)?).into_owned();
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| TrainError::Data {
+                path: path.to_path_buf(),
+                line: i + 1,
+                reason: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Draw the task loss and each weighted regulariser against the step into a PNG.
+pub fn plot_losses(metrics: &[StepMetrics], path: &Path) -> Result<(), TrainError> {
+    let err = |e: &dyn std::fmt::Display| TrainError::Plot {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    type Series = (&'static str, fn(&StepMetrics) -> Option<f64>, RGBColor);
+    let series: [Series; 6] = [
+        ("total loss", |m| Some(m.loss), BLACK),
+        ("task loss", |m| Some(m.task), BLUE),
+        ("λ1·consistency", |m| m.consistency.map(|v| v * m.lambdas[0]), RED),
+        ("λ2·diversity", |m| m.diversity.map(|v| v * m.lambdas[1]), GREEN),
+        ("λ3·svd", |m| m.svd.map(|v| v * m.lambdas[2]), MAGENTA),
+        ("monteclora", |m| m.monteclora, CYAN),
+    ];
+    let points: Vec<f64> = metrics
+        .iter()
+        .flat_map(|m| series.iter().filter_map(move |(_, f, _)| f(m)))
+        .filter(|v| v.is_finite())
+        .collect();
+    let (lo, hi) = points
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    let (lo, hi) = if lo.is_finite() { (lo, hi.max(lo + 1e-6)) } else { (0.0, 1.0) };
+    let last = metrics.last().map_or(1, |m| m.step.max(1));
+    let root = BitMapBackend::new(path, (900, 540)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("balora training", ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0usize..last, lo..hi)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("optimizer step")
+        .y_desc("loss")
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (name, f, color) in series {
+        let pts: Vec<(usize, f64)> = metrics
+            .iter()
+            .filter_map(|m| f(m).filter(|v| v.is_finite()).map(|v| (m.step, v)))
+            .collect();
+        if pts.is_empty() {
+            continue;
+        }
+        chart
+            .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}

