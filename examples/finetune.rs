@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 use balora::adapters::{
     AdapterSlots, InitMode, LoraConfig, MonteCloraConfig, TargetModules, clear_monteclora, inject,
 };
-use balora::burn::module::AutodiffModule;
+use balora::burn::module::Module;
 use balora::burn::tensor::{DType, Device};
 use balora::io::{ChatTemplate, SaveOptions, TaskType, load_adapter, load_tokenizer, save_adapter};
 use balora::losses::{BaLoraLoss, RegularizerConfig, Task};
@@ -140,6 +140,9 @@ struct Options {
     /// Checkpoint every N steps.
     #[arg(long)]
     save_every: Option<usize>,
+    /// End this process after step N (with a checkpoint); continue later with --resume.
+    #[arg(long)]
+    stop_at_step: Option<usize>,
     /// Seed.
     #[arg(long)]
     seed: Option<u64>,
@@ -174,7 +177,7 @@ impl Options {
                 model, train, eval, rank, alpha, rslora, dropout, target_modules, target_regex,
                 pissa_niter, lr, schedule, warmup_ratio, beta1, beta2, eps, weight_decay, batch_size,
                 grad_accum, max_grad_norm, max_len, max_steps, epochs, train_limit, eval_limit,
-                save_every, seed, device, dtype, output, eval_only);
+                save_every, stop_at_step, seed, device, dtype, output, eval_only);
         }
         Ok(self)
     }
@@ -283,6 +286,7 @@ fn loop_config(o: &Options, steps: usize) -> Result<LoopConfig> {
         max_steps: steps,
         save_every: o.save_every.unwrap_or(0),
         seed: o.seed.unwrap_or(42),
+        stop_at_step: o.stop_at_step,
     })
 }
 

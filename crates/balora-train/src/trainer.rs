@@ -9,7 +9,7 @@ use balora_adapters::{AdapterSlots, ForwardMode, draw_monteclora, monteclora_los
 use balora_losses::task::{causal_lm_loss, classification_loss};
 use balora_losses::{BaLoraLoss, LossOutput};
 use balora_model::{CausalLm, SequenceClassifier, TokenBatch};
-use burn::module::AutodiffModule;
+use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -45,6 +45,9 @@ pub struct LoopConfig {
     pub save_every: usize,
     /// Seed of data order, dropout and MonteCLoRA noise.
     pub seed: u64,
+    /// End this process after this step (with a checkpoint), as a time-sliced job would;
+    /// `--resume` continues later. `None`: run to `max_steps`.
+    pub stop_at_step: Option<usize>,
 }
 
 /// How a model's loss is computed on a batch: the task loss plus, for BA-LoRA, the
@@ -159,7 +162,7 @@ pub fn train<M, O>(
     device: &Device,
 ) -> Result<(M, RunSummary), TrainError>
 where
-    M: AutodiffModule + AdapterSlots,
+    M: Module + AdapterSlots,
     O: Objective<M>,
 {
     if examples.is_empty() {
@@ -192,7 +195,8 @@ where
     );
     let (mut tokens_total, started) = (0usize, Instant::now());
     let mut last = None;
-    while state.step < config.max_steps {
+    let stop = config.stop_at_step.unwrap_or(config.max_steps).min(config.max_steps);
+    while state.step < stop {
         let step_start = Instant::now();
         let lr = config.schedule.lr(config.lr, state.step, config.max_steps, warmup);
         let mut accumulator = GradientsAccumulator::new();
@@ -281,7 +285,7 @@ where
         bar.inc(1);
         last = Some(m);
         let due = config.save_every > 0 && state.step % config.save_every == 0;
-        if due || state.step == config.max_steps {
+        if due || state.step == stop {
             let name = format!("checkpoint-{}", state.step);
             save_checkpoint(&output.join(&name), &model, &optim, &state)?;
             balora_io::fs::atomic_write(&output.join(LATEST), name.as_bytes())?;
