@@ -149,7 +149,7 @@ impl ModuleMapper for Update<'_> {
         param.map(|w| {
             let shape = w.dims();
             let w0 = w.detach();
-            let g: Tensor<1> = grad.mul_scalar(self.grad_scale).reshape([-1]);
+            let g: Tensor<1> = grad.detach().mul_scalar(self.grad_scale).reshape([-1]);
             let n = g.dims()[0];
             let state = self.adamw.state.entry(path).or_insert_with(|| Moments {
                 m: Tensor::zeros([n], (&g.device(), g.dtype())),
@@ -157,14 +157,15 @@ impl ModuleMapper for Update<'_> {
             });
             let m = state.m.clone().mul_scalar(c.beta1) + g.clone().mul_scalar(1.0 - c.beta1);
             let v = state.v.clone().mul_scalar(c.beta2) + g.powi_scalar(2).mul_scalar(1.0 - c.beta2);
-            state.m = m.clone();
-            state.v = v.clone();
+            state.m = m.clone().detach();
+            state.v = v.clone().detach();
             let m_hat = m.div_scalar(1.0 - c.beta1.powi(t));
             let v_hat = v.div_scalar(1.0 - c.beta2.powi(t));
             let step = m_hat / v_hat.sqrt().add_scalar(c.eps);
             let flat: Tensor<1> = w0.reshape([-1]).mul_scalar(1.0 - self.lr * c.weight_decay);
             let updated = flat - step.mul_scalar(self.lr);
-            updated.reshape(shape).require_grad()
+            // a fresh leaf: the update itself is never differentiated
+            updated.reshape(shape).detach().require_grad()
         })
     }
 }

@@ -23,6 +23,14 @@ fn device() -> Device {
     Device::flex().autodiff()
 }
 
+/// The flex device's RNG (dropout masks) is process-wide: tests that train take turns, as a
+/// real run (one loop per process) does.
+static DEVICE_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    DEVICE_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Prompts of random tokens, each answered by the same 5-token response: learnable in a few
 /// steps by a rank-4 adapter.
 fn nlg_examples() -> Vec<Example> {
@@ -84,6 +92,7 @@ fn run_nlg(method: &str, dir: &Path, steps: usize, stop: Option<usize>, resume: 
 
 #[test]
 fn every_method_learns_and_its_adapter_loads_back() {
+    let _turn = exclusive();
     for method in ["lora", "pissa", "balora", "monteclora"] {
         let dir = tempfile::tempdir().unwrap();
         let model = run_nlg(method, dir.path(), 20, None, false);
@@ -114,6 +123,7 @@ fn every_method_learns_and_its_adapter_loads_back() {
 
 #[test]
 fn a_resumed_run_reproduces_the_uninterrupted_loss_curve() {
+    let _turn = exclusive();
     for method in ["lora", "monteclora"] {
         let full = tempfile::tempdir().unwrap();
         run_nlg(method, full.path(), 10, None, false);
@@ -130,6 +140,7 @@ fn a_resumed_run_reproduces_the_uninterrupted_loss_curve() {
 
 #[test]
 fn classification_trains_with_balora() {
+    let _turn = exclusive();
     let dir = tempfile::tempdir().unwrap();
     let model = BertForSequenceClassification::from_pretrained(&fixture("models/tiny-bert-cls"), None, &device(), DType::F32).unwrap();
     let cfg = LoraConfig::new(4, TargetModules::names(["query", "value"])).with_lora_alpha(8.0);
