@@ -37,7 +37,10 @@ use serde::{Deserialize, Serialize};
 /// Every option, from the command line or (same names) a TOML file given with `--config`;
 /// the command line wins.
 #[derive(Parser, Debug, Clone, Default, Serialize, Deserialize)]
-#[command(version, about = "Fine-tune a language model with LoRA / PiSSA / BA-LoRA / MonteCLoRA")]
+#[command(
+    version,
+    about = "Fine-tune a language model with LoRA / PiSSA / BA-LoRA / MonteCLoRA"
+)]
 #[serde(default, deny_unknown_fields)]
 struct Options {
     /// TOML file with any of these options.
@@ -171,13 +174,52 @@ macro_rules! merge {
 impl Options {
     fn resolve(mut self) -> Result<Self> {
         if let Some(path) = &self.config {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            let file: Options = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-            merge!(self, file, task, method, preset, lambda_consistency, lambda_diversity, lambda_svd,
-                model, train, eval, rank, alpha, rslora, dropout, target_modules, target_regex,
-                pissa_niter, lr, schedule, warmup_ratio, beta1, beta2, eps, weight_decay, batch_size,
-                grad_accum, max_grad_norm, max_len, max_steps, epochs, train_limit, eval_limit,
-                save_every, stop_at_step, seed, device, dtype, output, eval_only);
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let file: Options =
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            merge!(
+                self,
+                file,
+                task,
+                method,
+                preset,
+                lambda_consistency,
+                lambda_diversity,
+                lambda_svd,
+                model,
+                train,
+                eval,
+                rank,
+                alpha,
+                rslora,
+                dropout,
+                target_modules,
+                target_regex,
+                pissa_niter,
+                lr,
+                schedule,
+                warmup_ratio,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                batch_size,
+                grad_accum,
+                max_grad_norm,
+                max_len,
+                max_steps,
+                epochs,
+                train_limit,
+                eval_limit,
+                save_every,
+                stop_at_step,
+                seed,
+                device,
+                dtype,
+                output,
+                eval_only
+            );
         }
         Ok(self)
     }
@@ -193,7 +235,9 @@ impl Options {
     fn method(&self) -> Result<&str> {
         match self.method.as_deref().unwrap_or("balora") {
             m @ ("lora" | "pissa" | "balora" | "monteclora") => Ok(m),
-            other => bail!("unknown --method {other:?}: expected lora, pissa, balora or monteclora"),
+            other => {
+                bail!("unknown --method {other:?}: expected lora, pissa, balora or monteclora")
+            }
         }
     }
 }
@@ -207,13 +251,19 @@ fn ensure_default(path: &Path) -> Result<()> {
     if path.exists() {
         return Ok(());
     }
-    eprintln!("{} is missing: preparing the default model and data with scripts/fetch-assets …", path.display());
+    eprintln!(
+        "{} is missing: preparing the default model and data with scripts/fetch-assets …",
+        path.display()
+    );
     let status = std::process::Command::new("bash")
         .arg("scripts/fetch-assets")
         .status()
         .context("running scripts/fetch-assets")?;
     if !status.success() || !path.exists() {
-        bail!("scripts/fetch-assets failed; {} is still missing", path.display());
+        bail!(
+            "scripts/fetch-assets failed; {} is still missing",
+            path.display()
+        );
     }
     Ok(())
 }
@@ -223,7 +273,10 @@ fn adapter_config(o: &Options, task: Task, method: &str) -> Result<LoraConfig> {
         Task::Nlg => "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
         Task::Nlu => "query,key,value,dense",
     };
-    let targets = o.target_modules.clone().unwrap_or_else(|| default_targets.into());
+    let targets = o
+        .target_modules
+        .clone()
+        .unwrap_or_else(|| default_targets.into());
     let targets = if o.target_regex.unwrap_or(false) {
         TargetModules::Regex(targets)
     } else {
@@ -304,7 +357,9 @@ fn device_and_dtype(o: &Options) -> Result<(Device, DType)> {
 fn steps_for(o: &Options, examples: usize, batch: usize, accum: usize) -> usize {
     o.max_steps.unwrap_or_else(|| {
         let epochs = o.epochs.unwrap_or(1.0);
-        ((examples as f64 * epochs) / (batch * accum) as f64).ceil().max(1.0) as usize
+        ((examples as f64 * epochs) / (batch * accum) as f64)
+            .ceil()
+            .max(1.0) as usize
     })
 }
 
@@ -319,15 +374,27 @@ fn main() -> Result<()> {
 }
 
 fn run_nlg(o: &Options, method: &str) -> Result<()> {
-    let model_dir = o.model.clone().unwrap_or_else(|| assets().join("models/SmolLM2-135M-Instruct"));
-    let train_path = o.train.clone().unwrap_or_else(|| assets().join("data/asdiv/train.jsonl"));
-    let eval_path = o.eval.clone().unwrap_or_else(|| assets().join("data/asdiv/eval.jsonl"));
+    let model_dir = o
+        .model
+        .clone()
+        .unwrap_or_else(|| assets().join("models/SmolLM2-135M-Instruct"));
+    let train_path = o
+        .train
+        .clone()
+        .unwrap_or_else(|| assets().join("data/asdiv/train.jsonl"));
+    let eval_path = o
+        .eval
+        .clone()
+        .unwrap_or_else(|| assets().join("data/asdiv/eval.jsonl"));
     if o.model.is_none() || o.train.is_none() {
         ensure_default(&model_dir)?;
         ensure_default(&train_path)?;
     }
     let (device, dtype) = device_and_dtype(o)?;
-    let output = o.output.clone().unwrap_or_else(|| PathBuf::from(format!("runs/nlg-{method}")));
+    let output = o
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("runs/nlg-{method}")));
     std::fs::create_dir_all(&output).with_context(|| format!("creating {}", output.display()))?;
     let tokenizer = load_tokenizer(&model_dir)?;
     let format = match ChatTemplate::load(&model_dir)? {
@@ -335,7 +402,11 @@ fn run_nlg(o: &Options, method: &str) -> Result<()> {
         None => PromptFormat::Alpaca,
     };
     let base = LlamaForCausalLM::from_pretrained(&model_dir, &device, dtype)?;
-    let eos = *base.config().eos_ids().first().context("config.json has no eos_token_id")?;
+    let eos = *base
+        .config()
+        .eos_ids()
+        .first()
+        .context("config.json has no eos_token_id")?;
     let pad = base.config().pad_token_id.unwrap_or(eos);
     let eval_records = read_nlg_jsonl(&eval_path)?;
     let eval_records = &eval_records[..eval_records.len().min(o.eval_limit.unwrap_or(20))];
@@ -346,8 +417,14 @@ fn run_nlg(o: &Options, method: &str) -> Result<()> {
             let prompt = tokenizer
                 .encode(format.render(&r.prompt)?.as_str(), false)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let out = model.generate(prompt.get_ids(), &GenerationConfig::greedy(48, vec![eos]), true)?;
-            let text = tokenizer.decode(&out, true).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let out = model.generate(
+                prompt.get_ids(),
+                &GenerationConfig::greedy(48, vec![eos]),
+                true,
+            )?;
+            let text = tokenizer
+                .decode(&out, true)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             let gold = r.answer.clone().unwrap_or_else(|| r.response.clone());
             correct += usize::from(answer_matches(&text, &gold));
         }
@@ -357,42 +434,88 @@ fn run_nlg(o: &Options, method: &str) -> Result<()> {
         let mut model = base;
         load_adapter(&mut model, adapter)?;
         let acc = evaluate(&model)?;
-        println!("eval-only: accuracy {:.1}% on {} held-out problems", 100.0 * acc, eval_records.len());
+        println!(
+            "eval-only: accuracy {:.1}% on {} held-out problems",
+            100.0 * acc,
+            eval_records.len()
+        );
         return Ok(());
     }
     let mut records = read_nlg_jsonl(&train_path)?;
     records.truncate(o.train_limit.unwrap_or(usize::MAX));
-    let (examples, truncated) = tokenize_nlg(&records, &tokenizer, &format, o.max_len.unwrap_or(256), eos)?;
+    let (examples, truncated) =
+        tokenize_nlg(&records, &tokenizer, &format, o.max_len.unwrap_or(256), eos)?;
     if truncated > 0 {
-        eprintln!("warning: {truncated} of {} examples were truncated to {} tokens", records.len(), o.max_len.unwrap_or(256));
+        eprintln!(
+            "warning: {truncated} of {} examples were truncated to {} tokens",
+            records.len(),
+            o.max_len.unwrap_or(256)
+        );
     }
     let cfg = adapter_config(o, Task::Nlg, method)?;
     let lc = loop_config(o, 0)?;
     let steps = steps_for(o, examples.len(), lc.batch_size, lc.grad_accum);
-    let lc = LoopConfig { max_steps: steps, ..lc };
+    let lc = LoopConfig {
+        max_steps: steps,
+        ..lc
+    };
     let before = evaluate(&base)?;
-    println!("accuracy before fine-tuning: {:.1}% ({} problems)", 100.0 * before, eval_records.len());
+    println!(
+        "accuracy before fine-tuning: {:.1}% ({} problems)",
+        100.0 * before,
+        eval_records.len()
+    );
     let t0 = Instant::now();
     let (model, report) = inject(base, &cfg)?;
-    println!("{method}: {} adapted layers, {} trainable parameters, initialised in {:.2} s",
-        report.adapted.len(), report.trainable_params, t0.elapsed().as_secs_f64());
-    let objective = NlgObjective { balora: regularizer(o, Task::Nlg, method, steps)? };
-    let (mut model, summary) = train(model, &objective, &examples, pad, &lc, &output, o.resume, &device)?;
+    println!(
+        "{method}: {} adapted layers, {} trainable parameters, initialised in {:.2} s",
+        report.adapted.len(),
+        report.trainable_params,
+        t0.elapsed().as_secs_f64()
+    );
+    let objective = NlgObjective {
+        balora: regularizer(o, Task::Nlg, method, steps)?,
+    };
+    let (mut model, summary) = train(
+        model, &objective, &examples, pad, &lc, &output, o.resume, &device,
+    )?;
     clear_monteclora(&mut model);
     let after = evaluate(&model)?;
-    finish(&output, &model, &cfg, TaskType::CausalLm, &model_dir, method, before, after, &summary)
+    finish(
+        &output,
+        &model,
+        &cfg,
+        TaskType::CausalLm,
+        &model_dir,
+        method,
+        before,
+        after,
+        &summary,
+    )
 }
 
 fn run_nlu(o: &Options, method: &str) -> Result<()> {
-    let model_dir = o.model.clone().unwrap_or_else(|| assets().join("models/all-MiniLM-L6-v2"));
-    let train_path = o.train.clone().unwrap_or_else(|| assets().join("data/rotten_tomatoes/train.jsonl"));
-    let eval_path = o.eval.clone().unwrap_or_else(|| assets().join("data/rotten_tomatoes/eval.jsonl"));
+    let model_dir = o
+        .model
+        .clone()
+        .unwrap_or_else(|| assets().join("models/all-MiniLM-L6-v2"));
+    let train_path = o
+        .train
+        .clone()
+        .unwrap_or_else(|| assets().join("data/rotten_tomatoes/train.jsonl"));
+    let eval_path = o
+        .eval
+        .clone()
+        .unwrap_or_else(|| assets().join("data/rotten_tomatoes/eval.jsonl"));
     if o.model.is_none() || o.train.is_none() {
         ensure_default(&model_dir)?;
         ensure_default(&train_path)?;
     }
     let (device, dtype) = device_and_dtype(o)?;
-    let output = o.output.clone().unwrap_or_else(|| PathBuf::from(format!("runs/nlu-{method}")));
+    let output = o
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("runs/nlu-{method}")));
     std::fs::create_dir_all(&output).with_context(|| format!("creating {}", output.display()))?;
     let tokenizer = load_tokenizer(&model_dir)?;
     let mut train_records = read_nlu(&train_path)?;
@@ -403,7 +526,12 @@ fn run_nlu(o: &Options, method: &str) -> Result<()> {
     let max_len = o.max_len.unwrap_or(128);
     let (examples, _) = tokenize_nlu(&train_records, &tokenizer, &labels, max_len, &train_path)?;
     let (eval_examples, _) = tokenize_nlu(eval_records, &tokenizer, &labels, max_len, &eval_path)?;
-    let base = BertForSequenceClassification::from_pretrained(&model_dir, Some(labels.len()), &device, dtype)?;
+    let base = BertForSequenceClassification::from_pretrained(
+        &model_dir,
+        Some(labels.len()),
+        &device,
+        dtype,
+    )?;
     let evaluate = |model: &BertForSequenceClassification| -> Result<f64> {
         let model = model.valid();
         let (mut predicted, mut gold) = (Vec::new(), Vec::new());
@@ -419,18 +547,44 @@ fn run_nlu(o: &Options, method: &str) -> Result<()> {
     };
     let cfg = adapter_config(o, Task::Nlu, method)?;
     let lc = loop_config(o, 0)?;
-    let lc = LoopConfig { batch_size: o.batch_size.unwrap_or(16), lr: o.lr.unwrap_or(5e-4), ..lc };
-    let steps = steps_for(o, examples.len(), lc.batch_size, lc.grad_accum).min(o.max_steps.unwrap_or(200));
-    let lc = LoopConfig { max_steps: steps, ..lc };
+    let lc = LoopConfig {
+        batch_size: o.batch_size.unwrap_or(16),
+        lr: o.lr.unwrap_or(5e-4),
+        ..lc
+    };
+    let steps =
+        steps_for(o, examples.len(), lc.batch_size, lc.grad_accum).min(o.max_steps.unwrap_or(200));
+    let lc = LoopConfig {
+        max_steps: steps,
+        ..lc
+    };
     let before = evaluate(&base)?;
     println!("accuracy before fine-tuning: {:.1}%", 100.0 * before);
     let (model, report) = inject(base, &cfg)?;
-    println!("{method}: {} adapted layers, {} trainable adapter parameters", report.adapted.len(), report.trainable_params);
-    let objective = NluObjective { balora: regularizer(o, Task::Nlu, method, steps)? };
-    let (mut model, summary) = train(model, &objective, &examples, 0, &lc, &output, o.resume, &device)?;
+    println!(
+        "{method}: {} adapted layers, {} trainable adapter parameters",
+        report.adapted.len(),
+        report.trainable_params
+    );
+    let objective = NluObjective {
+        balora: regularizer(o, Task::Nlu, method, steps)?,
+    };
+    let (mut model, summary) = train(
+        model, &objective, &examples, 0, &lc, &output, o.resume, &device,
+    )?;
     clear_monteclora(&mut model);
     let after = evaluate(&model)?;
-    finish(&output, &model, &cfg, TaskType::SeqCls, &model_dir, method, before, after, &summary)
+    finish(
+        &output,
+        &model,
+        &cfg,
+        TaskType::SeqCls,
+        &model_dir,
+        method,
+        before,
+        after,
+        &summary,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -461,7 +615,10 @@ fn finish<M: AdapterSlots>(
         "peak_rss_mb": peak_rss_mb,
         "final_loss": summary.last.as_ref().map(|m| m.loss),
     });
-    balora::io::fs::atomic_write(&output.join("summary.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    balora::io::fs::atomic_write(
+        &output.join("summary.json"),
+        serde_json::to_string_pretty(&json)?.as_bytes(),
+    )?;
     println!(
         "done: accuracy {:.1}% → {:.1}%, {:.0} tokens/s, peak memory {:.0} MB; wrote {}",
         100.0 * before,

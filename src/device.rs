@@ -15,9 +15,7 @@ pub enum DeviceError {
         feature: &'static str,
     },
     /// Not a device this project knows.
-    #[error(
-        "unknown device {spec:?}: expected cpu, wgpu, wgpu:cpu, wgpu:N, cuda or cuda:N"
-    )]
+    #[error("unknown device {spec:?}: expected cpu, wgpu, wgpu:cpu, wgpu:N, cuda or cuda:N")]
     Unknown {
         /// The string as given.
         spec: String,

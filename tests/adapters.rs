@@ -2,8 +2,8 @@
 //! gradients (finite differences in f64 on flex) and wgpu agreement with flex.
 
 use balora::adapters::{
-    AdapterSlots, ForwardMode, InitMode, LoraConfig, LoraLinear, TargetModules, inject,
-    merge_all, unmerge_all,
+    AdapterSlots, ForwardMode, InitMode, LoraConfig, LoraLinear, TargetModules, inject, merge_all,
+    unmerge_all,
 };
 use balora::burn::module::Module;
 use balora::burn::tensor::{DType, Device, Tensor};
@@ -56,8 +56,14 @@ fn adapted(device: &Device, dtype: DType, init: InitMode) -> LoraLinear {
 fn perturb(layer: &mut LoraLinear) {
     let adapter = layer.adapter.as_mut().unwrap();
     // a new leaf, as an optimizer step leaves it
-    adapter.lora_a = adapter.lora_a.clone().map(|a| a.add_scalar(0.1).detach().require_grad());
-    adapter.lora_b = adapter.lora_b.clone().map(|b| b.sub_scalar(0.05).detach().require_grad());
+    adapter.lora_a = adapter
+        .lora_a
+        .clone()
+        .map(|a| a.add_scalar(0.1).detach().require_grad());
+    adapter.lora_b = adapter
+        .lora_b
+        .clone()
+        .map(|b| b.sub_scalar(0.05).detach().require_grad());
 }
 
 #[test]
@@ -83,7 +89,10 @@ fn pissa_reconstructs_the_weight_to_1e_10_in_f64() {
         let a = layer.adapter.as_ref().unwrap();
         let rebuilt = layer.weight.val() + a.delta_weight();
         let err = max_abs_diff(rebuilt, weight(&d, DType::F64));
-        assert!(err < 1e-10, "{init:?}: W_res + s·B·A differs from W by {err:e}");
+        assert!(
+            err < 1e-10,
+            "{init:?}: W_res + s·B·A differs from W by {err:e}"
+        );
         // A and B share the singular values equally: ‖row_i(A)‖ = ‖col_i(B)‖ = √(σ_i/s).
         let row_norms: Vec<f64> = values(a.lora_a.val().powi_scalar(2).sum_dim(1));
         let col_norms: Vec<f64> = values(a.lora_b.val().powi_scalar(2).sum_dim(0));
@@ -99,8 +108,16 @@ fn full_pissa_holds_the_top_singular_triplets() {
     let d = f64_device();
     let w = tensor64(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [3, 2], &d);
     for (alpha, a_abs, b_abs) in [
-        (1.0, [1.9123894, 2.4224546], [0.7093896, 1.6195430, 2.5296972]),
-        (2.0, [1.3522635, 1.7129340], [0.5016142, 1.1451898, 1.7887660]),
+        (
+            1.0,
+            [1.9123894, 2.4224546],
+            [0.7093896, 1.6195430, 2.5296972],
+        ),
+        (
+            2.0,
+            [1.3522635, 1.7129340],
+            [0.5016142, 1.1451898, 1.7887660],
+        ),
     ] {
         let mut layer = LoraLinear::new(w.clone(), None);
         let cfg = LoraConfig::new(1, TargetModules::names(["l"]))
@@ -109,14 +126,27 @@ fn full_pissa_holds_the_top_singular_triplets() {
         layer.attach("l", &cfg).unwrap();
         let ad = layer.adapter.as_ref().unwrap();
         let close = |got: Vec<f64>, want: &[f64]| {
-            got.iter().zip(want).all(|(g, w)| (g.abs() - w).abs() < 1e-6)
+            got.iter()
+                .zip(want)
+                .all(|(g, w)| (g.abs() - w).abs() < 1e-6)
         };
-        assert!(close(values(ad.lora_a.val()), &a_abs), "lora_A for α = {alpha}");
-        assert!(close(values(ad.lora_b.val()), &b_abs), "lora_B for α = {alpha}");
-        let res = [-0.3566293, 0.2815359, -0.0971968, 0.0767307, 0.1622338, -0.1280766];
+        assert!(
+            close(values(ad.lora_a.val()), &a_abs),
+            "lora_A for α = {alpha}"
+        );
+        assert!(
+            close(values(ad.lora_b.val()), &b_abs),
+            "lora_B for α = {alpha}"
+        );
+        let res = [
+            -0.3566293, 0.2815359, -0.0971968, 0.0767307, 0.1622338, -0.1280766,
+        ];
         // the reference values come from peft's float32 SVD; ours is float64
         let got = values(layer.weight.val());
-        assert!(got.iter().zip(res).all(|(g, w)| (g - w).abs() < 5e-6), "W_res {got:?}");
+        assert!(
+            got.iter().zip(res).all(|(g, w)| (g - w).abs() < 5e-6),
+            "W_res {got:?}"
+        );
     }
 }
 
@@ -144,7 +174,10 @@ fn fast_pissa_spans_the_exact_top_subspace_under_a_spectral_gap() {
     for (i, sv) in [9.0, 7.0, 5.0, 1e-3, 5e-4, 1e-4].iter().enumerate() {
         s[i * n + i] = *sv;
     }
-    let w = u.clone().matmul(tensor64(&s, [m, n], &d)).matmul(v.transpose());
+    let w = u
+        .clone()
+        .matmul(tensor64(&s, [m, n], &d))
+        .matmul(v.transpose());
     let top = |init| {
         let mut l = LoraLinear::new(w.clone(), None);
         let cfg = LoraConfig::new(3, TargetModules::names(["l"])).with_init(init);
@@ -209,7 +242,11 @@ fn teacher_mode_is_the_pretrained_layer_whatever_training_did() {
     let pretrained = LoraLinear::new(weight(&d, DType::F64), Some(bias(&d, DType::F64)));
     let x = input(&d, DType::F64);
     let want = pretrained.forward(x.clone());
-    for init in [InitMode::Gaussian, InitMode::Pissa, InitMode::PissaFast { niter: 2 }] {
+    for init in [
+        InitMode::Gaussian,
+        InitMode::Pissa,
+        InitMode::PissaFast { niter: 2 },
+    ] {
         let mut layer = adapted(&d, DType::F64, init);
         perturb(&mut layer);
         let got = layer.forward_mode(x.clone(), ForwardMode::Teacher);
@@ -228,11 +265,7 @@ fn teacher_mode_is_the_pretrained_layer_whatever_training_did() {
 /// A scalar probe `Σ y ⊙ G` so every output element matters in the gradient.
 fn probe(y: Tensor<3>) -> Tensor<1> {
     let dims = y.dims();
-    let g = tensor64(
-        &pseudo_random(dims.iter().product(), 9),
-        dims,
-        &y.device(),
-    );
+    let g = tensor64(&pseudo_random(dims.iter().product(), 9), dims, &y.device());
     (y * g).sum()
 }
 
@@ -324,7 +357,8 @@ fn injection_reports_targets_that_match_nothing() {
     let cfg = LoraConfig::new(2, TargetModules::names(["q_proj"]));
     let err = inject(TinyMlp::new(&d), &cfg).unwrap_err().to_string();
     assert!(err.contains("q_proj") && err.contains("mlp.up"), "{err}");
-    let cfg = LoraConfig::new(9, TargetModules::Regex("mlp\\..*".into())).with_init(InitMode::Pissa);
+    let cfg =
+        LoraConfig::new(9, TargetModules::Regex("mlp\\..*".into())).with_init(InitMode::Pissa);
     let err = inject(TinyMlp::new(&d), &cfg).unwrap_err().to_string();
     assert!(err.contains("mlp.up") && err.contains("rank 9"), "{err}");
 }
@@ -337,7 +371,9 @@ fn merge_all_and_unmerge_all_visit_every_slot() {
     let x = input(&d, DType::F64);
     let y = model.forward(x.clone());
     merge_all(&mut model);
-    assert!(model.up.adapter.as_ref().unwrap().merged && model.down.adapter.as_ref().unwrap().merged);
+    assert!(
+        model.up.adapter.as_ref().unwrap().merged && model.down.adapter.as_ref().unwrap().merged
+    );
     assert!(max_abs_diff(model.forward(x.clone()), y.clone()) < 1e-12);
     unmerge_all(&mut model);
     assert!(max_abs_diff(model.forward(x), y) < 1e-12);
@@ -373,7 +409,10 @@ mod wgpu {
             ("∂/∂lora_A", &flex.2, &gpu.2),
             ("∂/∂x", &flex.3, &gpu.3),
         ] {
-            let err = a.iter().zip(b).fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+            let err = a
+                .iter()
+                .zip(b)
+                .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
             assert!(err < 1e-4, "{name}: wgpu differs from flex by {err:e}");
         }
     }

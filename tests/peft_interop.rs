@@ -12,9 +12,7 @@ use balora::adapters::{AdapterSlots, InitMode, LoraConfig, LoraLinear, TargetMod
 use balora::burn::module::Module;
 use balora::burn::tensor::{DType, Device, Tensor, TensorData};
 use balora::io::tensors::{SafetensorsFile, write_safetensors};
-use balora::io::{
-    InitLoraWeights, SaveOptions, load_adapter, read_config, save_adapter,
-};
+use balora::io::{InitLoraWeights, SaveOptions, load_adapter, read_config, save_adapter};
 use balora_testkit::{max_abs_diff, pseudo_random};
 
 fn fixtures() -> PathBuf {
@@ -82,9 +80,7 @@ fn outputs() -> SafetensorsFile {
 }
 
 fn load_output(name: &str, device: &Device) -> Tensor<2> {
-    outputs()
-        .tensor(name, [3, 8], device, DType::F32)
-        .unwrap()
+    outputs().tensor(name, [3, 8], device, DType::F32).unwrap()
 }
 
 #[test]
@@ -133,7 +129,10 @@ fn pissa_is_converted_to_plain_lora_on_save() {
         ..SaveOptions::default()
     };
     let written = save_adapter(&model, &cfg, raw.path(), &options).unwrap();
-    assert_eq!(written.init_lora_weights, InitLoraWeights::Name("pissa".into()));
+    assert_eq!(
+        written.init_lora_weights,
+        InitLoraWeights::Name("pissa".into())
+    );
     let mut fresh = TinyMlp::load(&fixtures(), &device);
     load_adapter(&mut fresh, raw.path()).unwrap();
     assert!(max_abs_diff(fresh.forward(x), want) < 1e-5);
@@ -225,7 +224,10 @@ fn bad_adapter_files_name_the_file_key_and_shapes() {
     }
     write_safetensors(&d.join("adapter_model.safetensors"), &tensors).unwrap();
     let e = load(&d);
-    assert!(e.contains("adapter_model.safetensors") && e.contains(key), "{e}");
+    assert!(
+        e.contains("adapter_model.safetensors") && e.contains(key),
+        "{e}"
+    );
     assert!(e.contains("[4, 7]") && e.contains("[4, 8]"), "{e}");
 
     // unknown key
@@ -237,7 +239,10 @@ fn bad_adapter_files_name_the_file_key_and_shapes() {
     );
     write_safetensors(&d.join("adapter_model.safetensors"), &tensors).unwrap();
     let e = load(&d);
-    assert!(e.contains("layers.7.q_proj") && e.contains("matches no adaptable layer"), "{e}");
+    assert!(
+        e.contains("layers.7.q_proj") && e.contains("matches no adaptable layer"),
+        "{e}"
+    );
 
     // truncated weights
     let d = copy("truncated");
@@ -245,7 +250,10 @@ fn bad_adapter_files_name_the_file_key_and_shapes() {
     let bytes = std::fs::read(&p).unwrap();
     std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
     let e = load(&d);
-    assert!(e.contains("adapter_model.safetensors") && e.contains("not a valid safetensors"), "{e}");
+    assert!(
+        e.contains("adapter_model.safetensors") && e.contains("not a valid safetensors"),
+        "{e}"
+    );
 
     // missing config, malformed config, unsupported config
     let d = copy("noconfig");
@@ -254,7 +262,10 @@ fn bad_adapter_files_name_the_file_key_and_shapes() {
     let d = copy("badjson");
     std::fs::write(d.join("adapter_config.json"), "{\"r\": 4,").unwrap();
     let e = load(&d);
-    assert!(e.contains("adapter_config.json") && e.contains("invalid JSON"), "{e}");
+    assert!(
+        e.contains("adapter_config.json") && e.contains("invalid JSON"),
+        "{e}"
+    );
     let d = copy("dora");
     let text = std::fs::read_to_string(d.join("adapter_config.json")).unwrap();
     let text = text.replace("\"use_dora\": false", "\"use_dora\": true");
@@ -270,7 +281,11 @@ fn write_adapters_for_peft() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/peft-interop");
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(root.join("base")).unwrap();
-    std::fs::copy(fixtures().join("base.safetensors"), root.join("base/base.safetensors")).unwrap();
+    std::fs::copy(
+        fixtures().join("base.safetensors"),
+        root.join("base/base.safetensors"),
+    )
+    .unwrap();
     let x = Tensor::<2>::from_data(TensorData::new(pseudo_random(24, 3), [3, 8]), &device);
     let mut expected = std::collections::BTreeMap::new();
     expected.insert("x".to_string(), x.to_data());

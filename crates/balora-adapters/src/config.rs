@@ -217,7 +217,9 @@ mod tests {
 
     #[test]
     fn names_match_whole_components_only() {
-        let m = TargetModules::names(["q_proj", "attn.c_proj"]).matcher().unwrap();
+        let m = TargetModules::names(["q_proj", "attn.c_proj"])
+            .matcher()
+            .unwrap();
         assert!(m.matches("model.layers.0.self_attn.q_proj"));
         assert!(m.matches("q_proj"));
         assert!(!m.matches("model.layers.0.self_attn.xq_proj"));
@@ -227,7 +229,9 @@ mod tests {
 
     #[test]
     fn regex_must_match_the_whole_path() {
-        let m = TargetModules::Regex(r".*\.(0|1)\..*q_proj".into()).matcher().unwrap();
+        let m = TargetModules::Regex(r".*\.(0|1)\..*q_proj".into())
+            .matcher()
+            .unwrap();
         assert!(m.matches("model.layers.1.self_attn.q_proj"));
         assert!(!m.matches("model.layers.2.self_attn.q_proj"));
         // fullmatch: a prefix match is not enough
@@ -257,6 +261,11 @@ mod tests {
         let c = LoraConfig::new(4, TargetModules::Regex("(".into()));
         assert!(c.validate().unwrap_err().to_string().contains("regex"));
         let c = LoraConfig::new(4, TargetModules::names(["q"])).with_lora_dropout(1.0);
-        assert!(c.validate().unwrap_err().to_string().contains("lora_dropout"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("lora_dropout")
+        );
     }
 }

@@ -81,7 +81,9 @@ pub enum AdapterError {
         layer: String,
     },
     /// `target_modules` matched no layer of the model: almost always a typo.
-    #[error("target_modules {targets} matched none of the model's {count} linear layers (e.g. {example})")]
+    #[error(
+        "target_modules {targets} matched none of the model's {count} linear layers (e.g. {example})"
+    )]
     NoTargetMatched {
         /// The targets as configured.
         targets: String,

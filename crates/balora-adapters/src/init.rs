@@ -109,7 +109,10 @@ fn pissa<T: HostFloat>(
         _ => top_svd(w.as_ref(), r),
     }
     .map_err(svd_err)?;
-    let root: Vec<T> = sv.iter().map(|x| T::from_f64((x.to_f64() / s).sqrt())).collect();
+    let root: Vec<T> = sv
+        .iter()
+        .map(|x| T::from_f64((x.to_f64() / s).sqrt()))
+        .collect();
     let a = Mat::<T>::from_fn(r, inp, |i, j| root[i] * v[(j, i)]);
     let b = Mat::<T>::from_fn(out, r, |i, j| u[(i, j)] * root[j]);
     let ba = &b * &a;

@@ -168,7 +168,8 @@ impl LoraLinear {
                 if adapter.merged {
                     // The merged weight holds s·B·A; the teacher must not see it.
                     let h = linear(x.clone(), adapter.lora_a.val().detach().transpose(), None);
-                    y = y - linear(h, adapter.lora_b.val().detach().transpose(), None).mul_scalar(s);
+                    y = y - linear(h, adapter.lora_b.val().detach().transpose(), None)
+                        .mul_scalar(s);
                 }
                 if let Some(init) = &adapter.initial {
                     let h = linear(x, init.lora_a.val().transpose(), None);
@@ -202,7 +203,12 @@ impl LoraLinear {
             lora_b: Param::from_tensor(init.lora_b.clone()).set_require_grad(false),
         });
         let monteclora = config.monteclora.as_ref().map(|mc| {
-            MonteClora::init(mc, config.r, path_seed(config.seed ^ 0x4d43, path), &init.lora_a)
+            MonteClora::init(
+                mc,
+                config.r,
+                path_seed(config.seed ^ 0x4d43, path),
+                &init.lora_a,
+            )
         });
         self.adapter = Some(LoraAdapter {
             lora_a: Param::from_tensor(init.lora_a),

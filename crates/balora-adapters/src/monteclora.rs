@@ -111,7 +111,9 @@ impl MonteClora {
         let like = self.std_prior.val();
         let mut rng = StdRng::seed_from_u64(seed);
         let mut normals = |count: usize| -> Vec<f64> {
-            (0..count).map(|_| StandardNormal.sample(&mut rng)).collect()
+            (0..count)
+                .map(|_| StandardNormal.sample(&mut rng))
+                .collect()
         };
         let z_mvn = normals(n * inp * r);
         let z_dirichlet = normals(n);
@@ -151,8 +153,12 @@ impl MonteClora {
         let log_alpha = alpha.clone().log();
         let mu = log_alpha.clone() - log_alpha.mean();
         let inv = alpha.recip();
-        let d = (inv.clone().mul_scalar(1.0 - 2.0 / n) + inv.sum().div_scalar(n * n)).clamp_min(1e-6);
-        softmax(d.add_scalar(1e-6).sqrt() * sample.z_dirichlet.clone() + mu, 0)
+        let d =
+            (inv.clone().mul_scalar(1.0 - 2.0 / n) + inv.sum().div_scalar(n * n)).clamp_min(1e-6);
+        softmax(
+            d.add_scalar(1e-6).sqrt() * sample.z_dirichlet.clone() + mu,
+            0,
+        )
     }
 
     /// The perturbation of `lora_A` for this step, `[r, in]`; `None` without a sample.
@@ -195,8 +201,8 @@ impl MonteClora {
     /// This layer's regulariser `β·(KL_Dir + KL_W + KL_N) + [Σ w²]`; `None` without a sample.
     pub fn regularizer(&self) -> Option<Tensor<1>> {
         let parts = self.kl_terms()?;
-        let mut total = (parts.dirichlet + parts.wishart + parts.normal)
-            .mul_scalar(self.config.kl_loss_weight);
+        let mut total =
+            (parts.dirichlet + parts.wishart + parts.normal).mul_scalar(self.config.kl_loss_weight);
         if self.config.use_entropy {
             total = total + parts.entropy;
         }
@@ -212,16 +218,29 @@ impl MonteClora {
         let alpha = self.concentrations();
         let a0 = c.dirichlet_prior;
         let sum_alpha = alpha.clone().sum();
-        let lg_a0 = lgamma(Tensor::<1>::from_data([a0], (&alpha.device(), alpha.dtype())));
-        let lg_sum_a0 = lgamma(Tensor::<1>::from_data([n * a0], (&alpha.device(), alpha.dtype())));
+        let lg_a0 = lgamma(Tensor::<1>::from_data(
+            [a0],
+            (&alpha.device(), alpha.dtype()),
+        ));
+        let lg_sum_a0 = lgamma(Tensor::<1>::from_data(
+            [n * a0],
+            (&alpha.device(), alpha.dtype()),
+        ));
         let middle = (lgamma(alpha.clone()) - lg_a0).sum();
-        let middle = if c.textbook_dirichlet_kl { middle.neg() } else { middle };
+        let middle = if c.textbook_dirichlet_kl {
+            middle.neg()
+        } else {
+            middle
+        };
         let dirichlet = lgamma(sum_alpha.clone()) - lg_sum_a0
             + middle
             + (alpha.clone().sub_scalar(a0) * (digamma(alpha) - digamma(sum_alpha))).sum();
         let rho = self.std_prior.val();
         let v = rho.clone().mul_scalar(2.0).exp();
-        let wishart = (v - rho.mul_scalar(2.0)).sub_scalar(1.0).sum().mul_scalar(r / 2.0);
+        let wishart = (v - rho.mul_scalar(2.0))
+            .sub_scalar(1.0)
+            .sum()
+            .mul_scalar(r / 2.0);
         let sigma = self.variances(sample).clamp_min(1e-6);
         let normal = (sigma.clone().sum() - sigma.log().sum())
             .sub_scalar(r)

@@ -18,7 +18,10 @@ pub fn lgamma<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let inv = z.clone().recip();
     let inv2 = inv.clone().powi_scalar(2);
     // 1/(12z) − 1/(360z³) + 1/(1260z⁵) − 1/(1680z⁷), by Horner in 1/z²
-    let c = inv2.clone().mul_scalar(-1.0 / 1680.0).add_scalar(1.0 / 1260.0);
+    let c = inv2
+        .clone()
+        .mul_scalar(-1.0 / 1680.0)
+        .add_scalar(1.0 / 1260.0);
     let c = (c * inv2.clone()).add_scalar(-1.0 / 360.0);
     let c = (c * inv2).add_scalar(1.0 / 12.0);
     let series = c * inv;
@@ -38,7 +41,10 @@ pub fn digamma<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let inv = z.clone().recip();
     let inv2 = inv.clone().powi_scalar(2);
     // −1/(2z) − 1/(12z²) + 1/(120z⁴) − 1/(252z⁶) + 1/(240z⁸), by Horner in 1/z²
-    let c = inv2.clone().mul_scalar(1.0 / 240.0).add_scalar(-1.0 / 252.0);
+    let c = inv2
+        .clone()
+        .mul_scalar(1.0 / 240.0)
+        .add_scalar(-1.0 / 252.0);
     let c = (c * inv2.clone()).add_scalar(1.0 / 120.0);
     let c = (c * inv2.clone()).add_scalar(-1.0 / 12.0);
     let series = c * inv2;

@@ -108,9 +108,8 @@ mod tests {
     /// `U diag(s) Vᵀ` with orthonormal U, V built from QR of a seeded random matrix.
     fn with_spectrum(m: usize, n: usize, s: &[f64], seed: u64) -> Mat<f64> {
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut gauss = |rows, cols| {
-            Mat::<f64>::from_fn(rows, cols, |_, _| StandardNormal.sample(&mut rng))
-        };
+        let mut gauss =
+            |rows, cols| Mat::<f64>::from_fn(rows, cols, |_, _| StandardNormal.sample(&mut rng));
         let u = orthonormal_basis(gauss(m, s.len()).as_ref());
         let v = orthonormal_basis(gauss(n, s.len()).as_ref());
         let us = Mat::<f64>::from_fn(m, s.len(), |i, j| u[(i, j)] * s[j]);

@@ -9,7 +9,9 @@ use burn::tensor::{Device, Tensor};
 fn sample(d: &Device) -> MonteCloraSample {
     MonteCloraSample {
         z_mvn: tensor64(
-            &[1.0, -1.0, 0.5, 0.0, -0.5, 2.0, 0.0, 1.0, 1.0, 1.0, -1.0, 0.5],
+            &[
+                1.0, -1.0, 0.5, 0.0, -0.5, 2.0, 0.0, 1.0, 1.0, 1.0, -1.0, 0.5,
+            ],
             [2, 3, 2],
             d,
         ),
@@ -71,7 +73,18 @@ fn worked_example_of_spec_3_8() {
     let mc = monteclora(rho.clone(), eta.clone(), &d, config(false, 0.01));
     let perturbation = mc.perturbation().unwrap();
     let a_eff = values(a.clone() + perturbation);
-    close(&a_eff, &[0.11208140, 0.20958878, 0.29041122, -0.10316082, 0.00131424, 0.40960724], 1e-8);
+    close(
+        &a_eff,
+        &[
+            0.11208140,
+            0.20958878,
+            0.29041122,
+            -0.10316082,
+            0.00131424,
+            0.40960724,
+        ],
+        1e-8,
+    );
     let terms = mc.kl_terms().unwrap();
     close(&values(terms.dirichlet), &[0.9691003773866798], 1e-9);
     // The spec lists KL_W = 0.09172280682068656 and KL_N = 0.9779655476008098: 2.6e-9 and
@@ -86,12 +99,24 @@ fn worked_example_of_spec_3_8() {
     close(&normal, &[kl_n], 1e-12);
     close(&normal, &[0.9779655476008098], 1e-8);
     close(&values(terms.entropy), &[0.6490452789187935], 1e-9);
-    close(&values(mc.regularizer().unwrap()), &[0.6490656668061116], 1e-9);
+    close(
+        &values(mc.regularizer().unwrap()),
+        &[0.6490656668061116],
+        1e-9,
+    );
     let textbook = monteclora(rho, eta, &d, config(true, 0.01));
-    close(&values(textbook.kl_terms().unwrap().dirichlet), &[0.40349106342743113], 1e-9);
+    close(
+        &values(textbook.kl_terms().unwrap().dirichlet),
+        &[0.40349106342743113],
+        1e-9,
+    );
     // the layer: training perturbs A, evaluation (no autodiff) uses the mean
     let l = layer(a, b, mc);
-    close(&values(l.forward(x.clone())), &[2.80498526, 2.25657877, 5.06156403], 1e-8);
+    close(
+        &values(l.forward(x.clone())),
+        &[2.80498526, 2.25657877, 5.06156403],
+        1e-8,
+    );
     close(&values(l.forward(x.inner())), &[2.8, 2.2, 5.0], 1e-12);
 }
 
@@ -99,25 +124,57 @@ fn worked_example_of_spec_3_8() {
 fn gradients_through_the_sampled_forward_match_finite_differences() {
     let d = f64_device();
     // Fresh tensors per evaluation: the probed argument is the only autodiff leaf reused.
-    let objective = |rho: Option<Tensor<1>>, eta: Option<Tensor<1>>, a: Option<Tensor<2>>, b: Option<Tensor<2>>| {
+    let objective = |rho: Option<Tensor<1>>,
+                     eta: Option<Tensor<1>>,
+                     a: Option<Tensor<2>>,
+                     b: Option<Tensor<2>>| {
         let (a0, b0, rho0, eta0, x) = inputs(&d);
-        let mc = monteclora(rho.unwrap_or(rho0), eta.unwrap_or(eta0), &d, config(false, 0.3));
+        let mc = monteclora(
+            rho.unwrap_or(rho0),
+            eta.unwrap_or(eta0),
+            &d,
+            config(false, 0.3),
+        );
         let reg = mc.regularizer().unwrap();
         let y = layer(a.unwrap_or(a0), b.unwrap_or(b0), mc).forward(x);
         (y * tensor64(&[0.7, -1.3, 0.4], [1, 3], &d)).sum() + reg
     };
     let (a, b, rho, eta, _) = inputs(&d);
-    assert_grad("∂/∂std_prior", |p| objective(Some(p), None, None, None), rho, 1e-6);
-    assert_grad("∂/∂expert_weights_prior", |p| objective(None, Some(p), None, None), eta, 1e-6);
-    assert_grad("∂/∂lora_A", |p| objective(None, None, Some(p), None), a, 1e-6);
-    assert_grad("∂/∂lora_B", |p| objective(None, None, None, Some(p)), b, 1e-6);
+    assert_grad(
+        "∂/∂std_prior",
+        |p| objective(Some(p), None, None, None),
+        rho,
+        1e-6,
+    );
+    assert_grad(
+        "∂/∂expert_weights_prior",
+        |p| objective(None, Some(p), None, None),
+        eta,
+        1e-6,
+    );
+    assert_grad(
+        "∂/∂lora_A",
+        |p| objective(None, None, Some(p), None),
+        a,
+        1e-6,
+    );
+    assert_grad(
+        "∂/∂lora_B",
+        |p| objective(None, None, None, Some(p)),
+        b,
+        1e-6,
+    );
 }
 
 #[test]
 fn scaler_zero_is_plain_lora_exactly() {
     let d = f64_device();
     let (a, b, rho, eta, x) = inputs(&d);
-    let mc = layer(a.clone(), b.clone(), monteclora(rho, eta, &d, config(false, 0.0)));
+    let mc = layer(
+        a.clone(),
+        b.clone(),
+        monteclora(rho, eta, &d, config(false, 0.0)),
+    );
     let mut plain = LoraLinear::new(tensor64(&[0.0; 9], [3, 3], &d), None);
     plain.attach_factors("l", a, b, 2.0).unwrap();
     assert_eq!(max_abs_diff(mc.forward(x.clone()), plain.forward(x)), 0.0);
@@ -128,10 +185,19 @@ fn drawn_samples_are_reproducible_and_differ_by_seed() {
     let d = f64_device();
     let (_, _, rho, eta, _) = inputs(&d);
     let draw = |seed| {
-        let mut mc = monteclora(rho.clone(), eta.clone(), &d, MonteCloraConfig::new().with_num_samples(4));
+        let mut mc = monteclora(
+            rho.clone(),
+            eta.clone(),
+            &d,
+            MonteCloraConfig::new().with_num_samples(4),
+        );
         mc.draw(5, seed);
         let s = mc.sample.unwrap();
-        (values(s.z_mvn), values(s.wishart_diag), values(s.z_dirichlet))
+        (
+            values(s.z_mvn),
+            values(s.wishart_diag),
+            values(s.z_dirichlet),
+        )
     };
     assert_eq!(draw(3), draw(3));
     assert_ne!(draw(3).0, draw(4).0);

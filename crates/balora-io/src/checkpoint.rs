@@ -182,10 +182,12 @@ impl HfCheckpoint {
                 .with_from_adapter(adapter)
                 .remap(remap.clone())
                 .allow_partial(true);
-            let result = module.load_from(&mut store).map_err(|e| IoError::Safetensors {
-                path: shard.clone(),
-                reason: e.to_string(),
-            })?;
+            let result = module
+                .load_from(&mut store)
+                .map_err(|e| IoError::Safetensors {
+                    path: shard.clone(),
+                    reason: e.to_string(),
+                })?;
             if let Some(error) = result.errors.first() {
                 return Err(apply_error(shard, error));
             }
@@ -208,7 +210,11 @@ impl HfCheckpoint {
             .find(|(p, _)| !optional.iter().any(|re| re.is_match(p)))
         {
             return Err(IoError::MissingTensor {
-                path: self.shards.first().cloned().unwrap_or_else(|| self.dir.clone()),
+                path: self
+                    .shards
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| self.dir.clone()),
                 key: hf_name(&path, &container),
             });
         }

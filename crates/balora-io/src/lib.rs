@@ -10,8 +10,8 @@ mod tokenizer;
 
 pub use checkpoint::{HfCheckpoint, LoadOptions, LoadReport, MODEL_CONFIG};
 pub use error::IoError;
-pub use tokenizer::{ChatMessage, ChatTemplate, TOKENIZER_FILE, load_tokenizer};
 pub use peft::{
     CONFIG_FILE, InitLoraWeights, KEY_PREFIX, LoadedAdapter, PeftConfig, SaveOptions, TaskType,
     WEIGHTS_FILE, load_adapter, read_config, save_adapter,
 };
+pub use tokenizer::{ChatMessage, ChatTemplate, TOKENIZER_FILE, load_tokenizer};

@@ -19,9 +19,9 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::IoError;
 use crate::fs::{atomic_write, read};
 use crate::tensors::{SafetensorsFile, write_safetensors};
-use crate::IoError;
 
 /// File name of the adapter config, as peft names it.
 pub const CONFIG_FILE: &str = "adapter_config.json";
@@ -186,7 +186,10 @@ pub fn save_adapter<M: AdapterSlots>(
             let sampler = |name: &str| format!("{KEY_PREFIX}{path}.lora_monteclora_sampler.{name}");
             let vec = |t: Tensor<1>| t.detach().into_data();
             tensors.insert(sampler("std_prior"), vec(mc.std_prior.val()));
-            tensors.insert(sampler("expert_weights_prior"), vec(mc.expert_weights_prior.val()));
+            tensors.insert(
+                sampler("expert_weights_prior"),
+                vec(mc.expert_weights_prior.val()),
+            );
             tensors.insert(sampler("gaussian_var_prior"), to_data(mc.last_covariance()));
             tensors.insert(sampler("expert_weights"), vec(mc.last_weights()));
         }
@@ -289,7 +292,11 @@ pub fn read_config(dir: &Path) -> Result<PeftConfig, IoError> {
         ));
     }
     if config.use_dora {
-        return Err(unsupported("use_dora", "true".into(), "DoRA is not supported"));
+        return Err(unsupported(
+            "use_dora",
+            "true".into(),
+            "DoRA is not supported",
+        ));
     }
     if config.bias != "none" {
         return Err(unsupported(

@@ -84,7 +84,10 @@ impl SafetensorsFile {
 
     /// A tensor's values on the host, converted to `E` (fixtures, integer tensors), with its
     /// shape.
-    pub fn values<E: burn::tensor::Element>(&self, key: &str) -> Result<(Vec<E>, Vec<usize>), IoError> {
+    pub fn values<E: burn::tensor::Element>(
+        &self,
+        key: &str,
+    ) -> Result<(Vec<E>, Vec<usize>), IoError> {
         let st = self.parse()?;
         let view = st.tensor(key).map_err(|_| IoError::MissingTensor {
             path: self.path.clone(),
@@ -144,12 +147,11 @@ pub fn write_safetensors(
             key: key.clone(),
             dtype: format!("{:?}", data.dtype()),
         })?;
-        let view = TensorView::new(dtype, data.shape().as_slice().to_vec(), data.as_bytes()).map_err(|e| {
-            IoError::Safetensors {
+        let view = TensorView::new(dtype, data.shape().as_slice().to_vec(), data.as_bytes())
+            .map_err(|e| IoError::Safetensors {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         views.push((key.clone(), view));
     }
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);

@@ -105,16 +105,24 @@ impl ChatTemplate {
         }
         let template = Self {
             source,
-            bos_token: config.get("bos_token").map(token_string).unwrap_or_default(),
-            eos_token: config.get("eos_token").map(token_string).unwrap_or_default(),
+            bos_token: config
+                .get("bos_token")
+                .map(token_string)
+                .unwrap_or_default(),
+            eos_token: config
+                .get("eos_token")
+                .map(token_string)
+                .unwrap_or_default(),
         };
         // Fail at load, naming the file, rather than at the first render.
-        template.render(&[], false).map_err(|reason| IoError::Unsupported {
-            path,
-            key: "chat_template".into(),
-            value: "<jinja>".into(),
-            reason,
-        })?;
+        template
+            .render(&[], false)
+            .map_err(|reason| IoError::Unsupported {
+                path,
+                key: "chat_template".into(),
+                value: "<jinja>".into(),
+                reason,
+            })?;
         Ok(Some(template))
     }
 

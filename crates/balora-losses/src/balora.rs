@@ -124,7 +124,13 @@ impl BaLoraLoss {
             {
                 lambdas[0] = adaptive.lambda(c.lambda_consistency, h, v);
             }
-            let term = nlg::consistency(student.clone(), teacher, &mask, c.kl_reduction, c.temperature)?;
+            let term = nlg::consistency(
+                student.clone(),
+                teacher,
+                &mask,
+                c.kl_reduction,
+                c.temperature,
+            )?;
             if term.is_none() {
                 skip("consistency", "no selected token in the batch");
             }
@@ -144,7 +150,10 @@ impl BaLoraLoss {
         let svd = if lambdas[2] > 0.0 {
             let term = nlg::svd(student, &mask, c)?;
             if term.is_none() {
-                skip("svd", "fewer than 2 selected tokens, or a vanishing denominator");
+                skip(
+                    "svd",
+                    "fewer than 2 selected tokens, or a vanishing denominator",
+                );
             }
             term
         } else {

@@ -123,7 +123,9 @@ impl RegularizerConfig {
     /// per-sample SVD ratio with k = 3.
     pub fn paper(task: Task) -> Self {
         match task {
-            Task::Nlu => Self::new(task, 1e-4, 4e-4, 1e-4).with_svd_objective(SvdObjective::TopKSum),
+            Task::Nlu => {
+                Self::new(task, 1e-4, 4e-4, 1e-4).with_svd_objective(SvdObjective::TopKSum)
+            }
             Task::Nlg => Self::new(task, 1e-4, 3e-4, 1e-4),
         }
     }
@@ -233,11 +235,9 @@ impl RegularizerConfig {
                     );
                 }
                 if self.svd_mode == SvdMode::PerSample && self.mask != MaskMode::None {
-                    return bad(
-                        "a per-sample SVD of masked rows is not defined; use \
+                    return bad("a per-sample SVD of masked rows is not defined; use \
                          svd_mode = TokenMatrix with a mask"
-                            .into(),
-                    );
+                        .into());
                 }
             }
         }

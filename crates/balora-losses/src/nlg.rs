@@ -55,7 +55,11 @@ pub fn consistency(
 fn entropy(logits: Tensor<3>, eps: f64) -> Tensor<2> {
     let log_p = log_softmax(logits, 2);
     let p = log_p.clone().exp();
-    let log_term = if eps > 0.0 { p.clone().add_scalar(eps).log() } else { log_p };
+    let log_term = if eps > 0.0 {
+        p.clone().add_scalar(eps).log()
+    } else {
+        log_p
+    };
     (p * log_term).sum_dim(2).squeeze_dim(2).neg()
 }
 
@@ -118,9 +122,15 @@ pub fn svd(
     let (k, objective, eps) = (config.svd_k, config.svd_objective, config.svd_eps);
     match config.svd_mode {
         SvdMode::PerSample => {
-            let frob = student.clone().powi_scalar(2).sum_dims_squeeze::<1, _>(&[1, 2]).sqrt();
+            let frob = student
+                .clone()
+                .powi_scalar(2)
+                .sum_dims_squeeze::<1, _>(&[1, 2])
+                .sqrt();
             let sigma = batched_singular_values(student)?;
-            Ok(Some(svd_objective(sigma, k, objective, eps, Some(frob)).mean()))
+            Ok(Some(
+                svd_objective(sigma, k, objective, eps, Some(frob)).mean(),
+            ))
         }
         SvdMode::TokenMatrix => {
             let n = mask.count();

@@ -47,7 +47,11 @@ pub fn diversity(student: Tensor<2>) -> Result<Option<Tensor<1>>, LossError> {
     }
     let centred = student.clone() - student.mean_dim(0);
     let denom = (b - 1) as f64;
-    let cov = centred.clone().transpose().matmul(centred.clone()).div_scalar(denom);
+    let cov = centred
+        .clone()
+        .transpose()
+        .matmul(centred.clone())
+        .div_scalar(denom);
     // Σ_ii = Σ_b x_bi² / (B−1): subtracting the diagonal avoids building an identity mask.
     let diag = centred.powi_scalar(2).sum_dim(0).div_scalar(denom);
     let off = cov.powi_scalar(2).sum() - diag.powi_scalar(2).sum();

@@ -17,7 +17,11 @@ pub(crate) fn svd_objective(
     frobenius: Option<Tensor<1>>,
 ) -> Tensor<1> {
     let r = sigma.dims()[1];
-    let top: Tensor<1> = sigma.clone().narrow(1, 0, k.min(r)).sum_dim(1).squeeze_dim(1);
+    let top: Tensor<1> = sigma
+        .clone()
+        .narrow(1, 0, k.min(r))
+        .sum_dim(1)
+        .squeeze_dim(1);
     match objective {
         SvdObjective::TopKSum => top.neg(),
         SvdObjective::RatioToSum => {
@@ -25,7 +29,8 @@ pub(crate) fn svd_objective(
             top.div(sum.add_scalar(eps)).neg()
         }
         SvdObjective::RatioToFrobenius => {
-            let frob = frobenius.unwrap_or_else(|| sigma.powi_scalar(2).sum_dim(1).squeeze_dim(1).sqrt());
+            let frob =
+                frobenius.unwrap_or_else(|| sigma.powi_scalar(2).sum_dim(1).squeeze_dim(1).sqrt());
             top.div(frob).neg()
         }
     }

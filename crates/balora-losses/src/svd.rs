@@ -37,7 +37,10 @@ fn host(t: Tensor<2>) -> Result<Mat<f64>, LossError> {
 fn device_matrix(m: &Mat<f64>, like: &Tensor<2>) -> Tensor<2> {
     let (r, c) = (m.nrows(), m.ncols());
     let data: Vec<f64> = (0..r * c).map(|k| m[(k / c, k % c)]).collect();
-    Tensor::from_data(TensorData::new(data, [r, c]), (&like.device(), like.dtype()))
+    Tensor::from_data(
+        TensorData::new(data, [r, c]),
+        (&like.device(), like.dtype()),
+    )
 }
 
 /// Eigenvectors of a symmetric matrix as columns, sorted by decreasing eigenvalue.
@@ -110,7 +113,9 @@ pub fn randomized_top_singular_values(
     let q = q.min(n).max(k.min(n));
     let zd = z.clone().detach();
     let mut rng = StdRng::seed_from_u64(seed);
-    let omega: Vec<f64> = (0..m * q).map(|_| StandardNormal.sample(&mut rng)).collect();
+    let omega: Vec<f64> = (0..m * q)
+        .map(|_| StandardNormal.sample(&mut rng))
+        .collect();
     let omega = Tensor::<2>::from_data(TensorData::new(omega, [m, q]), (&zd.device(), zd.dtype()));
     let mut basis = orthonormalize(zd.clone().matmul(omega))?; // n×q
     for _ in 0..niter {
@@ -125,7 +130,6 @@ pub fn randomized_top_singular_values(
     let ut = basis.matmul(u_small).transpose().narrow(0, 0, k.min(q));
     Ok(values_from_left_vectors(z, ut))
 }
-
 
 #[cfg(test)]
 mod tests {

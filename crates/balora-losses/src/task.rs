@@ -19,7 +19,10 @@ pub fn causal_lm_loss(logits: Tensor<3>, labels: &[i64]) -> Result<Tensor<1>, Lo
             found: vec![labels.len()],
         });
     }
-    if let Some(bad) = labels.iter().find(|&&l| l != IGNORE_INDEX && !(0..v as i64).contains(&l)) {
+    if let Some(bad) = labels
+        .iter()
+        .find(|&&l| l != IGNORE_INDEX && !(0..v as i64).contains(&l))
+    {
         return Err(LossError::Shape {
             what: "label id",
             expected: format!("in [0, {v}) or {IGNORE_INDEX}"),
@@ -66,7 +69,8 @@ pub fn classification_loss(logits: Tensor<2>, labels: &[i64]) -> Result<Tensor<1
             found: vec![*bad as usize],
         });
     }
-    let targets = Tensor::<2, Int>::from_data(TensorData::new(labels.to_vec(), [b, 1]), &logits.device());
+    let targets =
+        Tensor::<2, Int>::from_data(TensorData::new(labels.to_vec(), [b, 1]), &logits.device());
     let picked = log_softmax(logits, 1).gather(1, targets);
     Ok(picked.mean().neg())
 }

@@ -2,8 +2,8 @@
 //! the degenerate inputs of spec §1 (no NaN, a reported skip).
 
 use balora_losses::{
-    BaLoraLoss, KlReduction, MaskMode, RegularizerConfig, SvdObjective, Task, TokenMask, nlg,
-    nlu, task,
+    BaLoraLoss, KlReduction, MaskMode, RegularizerConfig, SvdObjective, Task, TokenMask, nlg, nlu,
+    task,
 };
 use balora_testkit::{assert_grad, f64_device, pseudo_random, tensor64, values};
 use burn::tensor::{DType, Tensor};
@@ -15,10 +15,29 @@ fn nlu_terms_have_exact_gradients() {
     let d = f64_device();
     let f = tensor64(&pseudo_random(4 * 3, 1), [4, 3], &d);
     let p = tensor64(&pseudo_random(4 * 3, 2), [4, 3], &d);
-    assert_grad("NLU consistency", |f| nlu::consistency(f, p.clone()).unwrap(), f.clone(), TOL);
-    assert_grad("NLU diversity", |f| nlu::diversity(f).unwrap().unwrap(), f.clone(), TOL);
-    for obj in [SvdObjective::TopKSum, SvdObjective::RatioToSum, SvdObjective::RatioToFrobenius] {
-        assert_grad("NLU svd", |f| nlu::svd(f, 1, obj, 1e-10).unwrap(), f.clone(), TOL);
+    assert_grad(
+        "NLU consistency",
+        |f| nlu::consistency(f, p.clone()).unwrap(),
+        f.clone(),
+        TOL,
+    );
+    assert_grad(
+        "NLU diversity",
+        |f| nlu::diversity(f).unwrap().unwrap(),
+        f.clone(),
+        TOL,
+    );
+    for obj in [
+        SvdObjective::TopKSum,
+        SvdObjective::RatioToSum,
+        SvdObjective::RatioToFrobenius,
+    ] {
+        assert_grad(
+            "NLU svd",
+            |f| nlu::svd(f, 1, obj, 1e-10).unwrap(),
+            f.clone(),
+            TOL,
+        );
     }
 }
 
@@ -35,23 +54,56 @@ fn nlg_terms_have_exact_gradients() {
     let resp = TokenMask::new(&LABELS, [2, 4], MaskMode::ResponseUnshifted, &f).unwrap();
     assert_grad(
         "KL batch-sum",
-        |f| nlg::consistency(f, p.clone(), &full, KlReduction::BatchSum, 1.0).unwrap().unwrap(),
+        |f| {
+            nlg::consistency(f, p.clone(), &full, KlReduction::BatchSum, 1.0)
+                .unwrap()
+                .unwrap()
+        },
         f.clone(),
         TOL,
     );
     assert_grad(
         "KL token-mean τ=2",
-        |f| nlg::consistency(f, p.clone(), &resp, KlReduction::TokenMean, 2.0).unwrap().unwrap(),
+        |f| {
+            nlg::consistency(f, p.clone(), &resp, KlReduction::TokenMean, 2.0)
+                .unwrap()
+                .unwrap()
+        },
         f.clone(),
         TOL,
     );
-    assert_grad("entropy ε", |f| nlg::diversity(f, &full, 0, 1e-10).unwrap().unwrap(), f.clone(), TOL);
-    assert_grad("top-3 entropy", |f| nlg::diversity(f, &resp, 3, 0.0).unwrap().unwrap(), f.clone(), TOL);
+    assert_grad(
+        "entropy ε",
+        |f| nlg::diversity(f, &full, 0, 1e-10).unwrap().unwrap(),
+        f.clone(),
+        TOL,
+    );
+    assert_grad(
+        "top-3 entropy",
+        |f| nlg::diversity(f, &resp, 3, 0.0).unwrap().unwrap(),
+        f.clone(),
+        TOL,
+    );
     let paper = RegularizerConfig::paper(Task::Nlg).with_svd_k(2);
-    assert_grad("per-sample svd", |f| nlg::svd(f, &full, &paper).unwrap().unwrap(), f.clone(), TOL);
+    assert_grad(
+        "per-sample svd",
+        |f| nlg::svd(f, &full, &paper).unwrap().unwrap(),
+        f.clone(),
+        TOL,
+    );
     let iclr = RegularizerConfig::iclr2026().with_svd_k(2);
-    assert_grad("token-matrix svd", |f| nlg::svd(f, &resp, &iclr).unwrap().unwrap(), f.clone(), TOL);
-    assert_grad("causal LM CE", |f| task::causal_lm_loss(f, &[0, 1, 2, 3, -100, 5, 1, 2]).unwrap(), f, TOL);
+    assert_grad(
+        "token-matrix svd",
+        |f| nlg::svd(f, &resp, &iclr).unwrap().unwrap(),
+        f.clone(),
+        TOL,
+    );
+    assert_grad(
+        "causal LM CE",
+        |f| task::causal_lm_loss(f, &[0, 1, 2, 3, -100, 5, 1, 2]).unwrap(),
+        f,
+        TOL,
+    );
 }
 
 #[test]
@@ -62,12 +114,21 @@ fn randomized_token_matrix_svd_has_exact_gradients_at_low_rank() {
     let b = tensor64(&pseudo_random(3 * 40, 6), [3, 40], &d);
     let z: Tensor<3> = a.matmul(b).reshape([2, 4, 40]);
     let mask = TokenMask::new(&[1; 8], [2, 4], MaskMode::ResponseUnshifted, &z).unwrap();
-    let c = RegularizerConfig::iclr2026().with_svd_k(2).with_randomized_svd_threshold(Some(16));
-    let exact = RegularizerConfig::iclr2026().with_svd_k(2).with_randomized_svd_threshold(None);
+    let c = RegularizerConfig::iclr2026()
+        .with_svd_k(2)
+        .with_randomized_svd_threshold(Some(16));
+    let exact = RegularizerConfig::iclr2026()
+        .with_svd_k(2)
+        .with_randomized_svd_threshold(None);
     let fast_v = values(nlg::svd(z.clone(), &mask, &c).unwrap().unwrap())[0];
     let exact_v = values(nlg::svd(z.clone(), &mask, &exact).unwrap().unwrap())[0];
     assert!((fast_v - exact_v).abs() < 1e-10, "{fast_v} vs {exact_v}");
-    assert_grad("randomized svd", |z| nlg::svd(z, &mask, &c).unwrap().unwrap(), z, TOL);
+    assert_grad(
+        "randomized svd",
+        |z| nlg::svd(z, &mask, &c).unwrap().unwrap(),
+        z,
+        TOL,
+    );
 }
 
 #[test]
@@ -84,19 +145,27 @@ fn degenerate_inputs_skip_instead_of_nan() {
     // NLG, all positions masked: every iclr term skipped, loss finite, gradient finite
     let f = logits(7).require_grad();
     let loss = BaLoraLoss::new(RegularizerConfig::iclr2026(), 10).unwrap();
-    let out = loss.nlg(5, zero(), f.clone(), &[-100; 8], || logits(8)).unwrap();
-    assert!(out.terms.consistency.is_none() && out.terms.diversity.is_none() && out.terms.svd.is_none());
+    let out = loss
+        .nlg(5, zero(), f.clone(), &[-100; 8], || logits(8))
+        .unwrap();
+    assert!(
+        out.terms.consistency.is_none() && out.terms.diversity.is_none() && out.terms.svd.is_none()
+    );
     assert_eq!(out.terms.skipped.len(), 3, "{:?}", out.terms.skipped);
     // N = 1 masked token: svd skipped, others finite
     let mut labels = [-100; 8];
     labels[2] = 4;
-    let out = loss.nlg(500, zero(), f.clone(), &labels, || logits(8)).unwrap();
+    let out = loss
+        .nlg(500, zero(), f.clone(), &labels, || logits(8))
+        .unwrap();
     assert!(out.terms.svd.is_none() && out.terms.consistency.is_some());
     let total = values(out.loss.clone())[0];
     assert!(total.is_finite());
     // k ≥ rank: the ratio saturates at −1 without NaN, gradients finite
     let paper = BaLoraLoss::new(RegularizerConfig::paper(Task::Nlg).with_svd_k(50), 10).unwrap();
-    let out = paper.nlg(0, zero(), f.clone(), &[0; 8], || logits(8)).unwrap();
+    let out = paper
+        .nlg(0, zero(), f.clone(), &[0; 8], || logits(8))
+        .unwrap();
     let g = f.grad(&out.loss.backward()).unwrap();
     assert!(values(g).iter().all(|v| v.is_finite()));
     // the causal LM loss of an all-ignored batch is 0, not NaN
@@ -122,7 +191,9 @@ fn terms_are_not_computed_when_their_lambda_is_zero() {
     let loss = BaLoraLoss::new(c, 10).unwrap();
     let zero = Tensor::<1>::zeros([1], (&d, DType::F64));
     let out = loss
-        .nlg(0, zero, logits(1), &LABELS, || panic!("teacher must not run"))
+        .nlg(0, zero, logits(1), &LABELS, || {
+            panic!("teacher must not run")
+        })
         .unwrap();
     assert!(out.terms.consistency.is_none());
 }

@@ -31,8 +31,14 @@ fn nlg_logits(d: &Device, b: usize, t: usize) -> (Tensor<3>, Tensor<3>) {
 fn nlu_paper_terms() {
     let d = f64_device();
     let (f, p) = nlu_logits(&d);
-    close(scalar(nlu::consistency(f.clone(), p).unwrap()), 0.03275994242630512);
-    close(scalar(nlu::diversity(f.clone()).unwrap().unwrap()), 1.9166666666666667);
+    close(
+        scalar(nlu::consistency(f.clone(), p).unwrap()),
+        0.03275994242630512,
+    );
+    close(
+        scalar(nlu::diversity(f.clone()).unwrap().unwrap()),
+        1.9166666666666667,
+    );
     let svd = |k, obj| scalar(nlu::svd(f.clone(), k, obj, 1e-10).unwrap());
     close(svd(1, SvdObjective::RatioToSum), -0.6854419916150354);
     close(svd(2, SvdObjective::RatioToSum), -0.9999999999828);
@@ -111,8 +117,14 @@ fn nlg_iclr2026_terms() {
     let [c, dv, _] = iclr_terms([5, 7], &iclr(2.0, 2, 1, sum));
     close(c.unwrap(), 0.17491673463090512);
     close(dv.unwrap(), -0.5286273362902524);
-    close(iclr_terms([5, 7], &iclr(1.0, 0, 1, frob))[2].unwrap(), -0.9088652866993524);
-    close(iclr_terms([5, 7], &iclr(1.0, 0, 10, frob))[2].unwrap(), -1.3259550739549313);
+    close(
+        iclr_terms([5, 7], &iclr(1.0, 0, 1, frob))[2].unwrap(),
+        -0.9088652866993524,
+    );
+    close(
+        iclr_terms([5, 7], &iclr(1.0, 0, 10, frob))[2].unwrap(),
+        -1.3259550739549313,
+    );
     close(iclr_terms([5, 7], &iclr(1.0, 0, 2, sum))[2].unwrap(), -1.0);
 }
 
@@ -146,7 +158,9 @@ fn adaptive_lambda_uses_the_teacher_entropy() {
     let c = RegularizerConfig::iclr2026()
         .with_schedule_consistency(Schedule::Constant)
         .with_adaptive_consistency(Some(AdaptiveLambda::new()));
-    let h = nlg::teacher_entropy(p.clone(), &full_mask(&p), 2.0).unwrap().unwrap();
+    let h = nlg::teacher_entropy(p.clone(), &full_mask(&p), 2.0)
+        .unwrap()
+        .unwrap();
     close(h, 1.0022857726);
     let loss = BaLoraLoss::new(c, 1000).unwrap();
     let zero = Tensor::<1>::zeros([1], (&d, burn::tensor::DType::F64));
@@ -158,17 +172,31 @@ fn adaptive_lambda_uses_the_teacher_entropy() {
 fn presets_fill_the_documented_fields() {
     let paper = RegularizerConfig::paper(Task::Nlu);
     assert_eq!(
-        (paper.lambda_consistency, paper.lambda_diversity, paper.lambda_svd),
+        (
+            paper.lambda_consistency,
+            paper.lambda_diversity,
+            paper.lambda_svd
+        ),
         (1e-4, 4e-4, 1e-4)
     );
-    assert_eq!((paper.svd_k, paper.svd_objective), (3, SvdObjective::TopKSum));
+    assert_eq!(
+        (paper.svd_k, paper.svd_objective),
+        (3, SvdObjective::TopKSum)
+    );
     let paper = RegularizerConfig::paper(Task::Nlg);
     assert_eq!(paper.svd_mode, SvdMode::PerSample);
     assert_eq!(paper.lambda_diversity, 3e-4);
     let iclr = RegularizerConfig::iclr2026();
     assert_eq!(iclr.randomized_svd_threshold, Some(4096));
-    assert_eq!((iclr.svd_k, iclr.top_k_entropy, iclr.temperature), (10, 20, 2.0));
-    for c in [RegularizerConfig::paper(Task::Nlu), RegularizerConfig::paper(Task::Nlg), iclr] {
+    assert_eq!(
+        (iclr.svd_k, iclr.top_k_entropy, iclr.temperature),
+        (10, 20, 2.0)
+    );
+    for c in [
+        RegularizerConfig::paper(Task::Nlu),
+        RegularizerConfig::paper(Task::Nlg),
+        iclr,
+    ] {
         c.validate().unwrap();
     }
 }
@@ -176,13 +204,31 @@ fn presets_fill_the_documented_fields() {
 #[test]
 fn unknown_combinations_are_rejected_with_a_reason() {
     let err = |c: RegularizerConfig| c.validate().unwrap_err().to_string();
-    assert!(err(RegularizerConfig::paper(Task::Nlu).with_mask(MaskMode::ResponseShifted)).contains("NLU"));
+    assert!(
+        err(RegularizerConfig::paper(Task::Nlu).with_mask(MaskMode::ResponseShifted))
+            .contains("NLU")
+    );
     assert!(err(RegularizerConfig::paper(Task::Nlg).with_temperature(2.0)).contains("temperature"));
-    assert!(err(RegularizerConfig::paper(Task::Nlg).with_mask(MaskMode::ResponseUnshifted)).contains("batch-sum"));
-    assert!(err(RegularizerConfig::iclr2026().with_svd_mode(SvdMode::PerSample)).contains("per-sample"));
+    assert!(
+        err(RegularizerConfig::paper(Task::Nlg).with_mask(MaskMode::ResponseUnshifted))
+            .contains("batch-sum")
+    );
+    assert!(
+        err(RegularizerConfig::iclr2026().with_svd_mode(SvdMode::PerSample)).contains("per-sample")
+    );
     assert!(err(RegularizerConfig::paper(Task::Nlg).with_svd_k(0)).contains("svd_k"));
-    assert!(RegularizerConfig::preset("iclr2026", Task::Nlu).unwrap_err().to_string().contains("NLG only"));
-    assert!(RegularizerConfig::preset("paperr", Task::Nlg).unwrap_err().to_string().contains("paperr"));
+    assert!(
+        RegularizerConfig::preset("iclr2026", Task::Nlu)
+            .unwrap_err()
+            .to_string()
+            .contains("NLG only")
+    );
+    assert!(
+        RegularizerConfig::preset("paperr", Task::Nlg)
+            .unwrap_err()
+            .to_string()
+            .contains("paperr")
+    );
     // config round-trips through JSON (Burn Config)
     let json = serde_json::to_string(&RegularizerConfig::iclr2026()).unwrap();
     let back: RegularizerConfig = serde_json::from_str(&json).unwrap();

@@ -35,9 +35,7 @@ impl AttentionMask<'_> {
             for i in 0..tq {
                 let qpos = i + self.query_offset;
                 for j in 0..tk {
-                    let hidden_pad = self
-                        .key_padding
-                        .is_some_and(|m| m[bi * tk + j] == 0);
+                    let hidden_pad = self.key_padding.is_some_and(|m| m[bi * tk + j] == 0);
                     let future = self.causal && j > qpos;
                     let outside = self.window.is_some_and(|w| qpos >= j + w);
                     if hidden_pad || future || outside {

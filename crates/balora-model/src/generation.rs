@@ -132,7 +132,9 @@ mod tests {
         };
         let draw = || {
             let mut s = Sampler::new(&cfg);
-            (0..20).map(|_| s.next(&[0.0, 0.5, 1.0, 0.2])).collect::<Vec<_>>()
+            (0..20)
+                .map(|_| s.next(&[0.0, 0.5, 1.0, 0.2]))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(), draw());
     }

@@ -14,12 +14,18 @@ pub fn f64_device() -> Device {
 
 /// A float64 tensor from row-major values.
 pub fn tensor64<const D: usize>(values: &[f64], shape: [usize; D], device: &Device) -> Tensor<D> {
-    Tensor::from_data(TensorData::new(values.to_vec(), shape), (device, DType::F64))
+    Tensor::from_data(
+        TensorData::new(values.to_vec(), shape),
+        (device, DType::F64),
+    )
 }
 
 /// A float32 tensor from row-major values (given in f64).
 pub fn tensor32<const D: usize>(values: &[f64], shape: [usize; D], device: &Device) -> Tensor<D> {
-    Tensor::from_data(TensorData::new(values.to_vec(), shape), (device, DType::F32))
+    Tensor::from_data(
+        TensorData::new(values.to_vec(), shape),
+        (device, DType::F32),
+    )
 }
 
 /// Deterministic pseudo-random values in [-1, 1) from a 64-bit LCG, so fixtures need no RNG

@@ -45,7 +45,10 @@ impl ModuleVisitor for Collect {
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if param.is_require_grad() {
-            self.out.insert(format!("param.{}", self.stack.join(".")), param.val().to_data());
+            self.out.insert(
+                format!("param.{}", self.stack.join(".")),
+                param.val().to_data(),
+            );
         }
     }
 }
@@ -137,14 +140,20 @@ pub fn load_checkpoint<M: Module>(
     optim.state.clear();
     optim.steps = state.adam_steps;
     for name in file.names() {
-        let Some(path) = name.strip_prefix("adam.").and_then(|p| p.strip_suffix(".m")) else {
+        let Some(path) = name
+            .strip_prefix("adam.")
+            .and_then(|p| p.strip_suffix(".m"))
+        else {
             continue;
         };
         let load = |suffix: &str| -> Result<Tensor<1>, TrainError> {
             let key = format!("adam.{path}.{suffix}");
             let (values, shape) = file.values::<f64>(&key)?;
             let dtype = file.dtype(&key).unwrap_or(DType::F32);
-            Ok(Tensor::from_data(TensorData::new(values, [shape[0]]), (device, dtype)))
+            Ok(Tensor::from_data(
+                TensorData::new(values, [shape[0]]),
+                (device, dtype),
+            ))
         };
         optim.state.insert(
             path.to_string(),

@@ -48,7 +48,9 @@ fn read_text(path: &Path) -> Result<String, TrainError> {
 }
 
 fn field<'a>(obj: &'a serde_json::Map<String, Value>, names: &[&str]) -> Option<&'a str> {
-    names.iter().find_map(|n| obj.get(*n).and_then(Value::as_str))
+    names
+        .iter()
+        .find_map(|n| obj.get(*n).and_then(Value::as_str))
 }
 
 /// Read a JSONL file of instruction data: each line an object with `query` and `response`
@@ -65,21 +67,24 @@ pub fn read_nlg_jsonl(path: &Path) -> Result<Vec<NlgRecord>, TrainError> {
             line: i + 1,
             reason,
         };
-        let value: Value = serde_json::from_str(line).map_err(|e| err(format!("malformed JSON: {e}")))?;
+        let value: Value =
+            serde_json::from_str(line).map_err(|e| err(format!("malformed JSON: {e}")))?;
         let obj = value
             .as_object()
             .ok_or_else(|| err("expected a JSON object".into()))?;
         let record = if let Some(query) = field(obj, &["query"]) {
-            let response = field(obj, &["response"])
-                .ok_or_else(|| err("missing field \"response\" (MetaMathQA rows need query and response)".into()))?;
+            let response = field(obj, &["response"]).ok_or_else(|| {
+                err("missing field \"response\" (MetaMathQA rows need query and response)".into())
+            })?;
             NlgRecord {
                 prompt: query.to_string(),
                 response: response.to_string(),
                 answer: None,
             }
         } else if let Some(instruction) = field(obj, &["instruction"]) {
-            let output = field(obj, &["output"])
-                .ok_or_else(|| err("missing field \"output\" (Alpaca rows need instruction and output)".into()))?;
+            let output = field(obj, &["output"]).ok_or_else(|| {
+                err("missing field \"output\" (Alpaca rows need instruction and output)".into())
+            })?;
             let prompt = match field(obj, &["input"]).filter(|s| !s.is_empty()) {
                 Some(input) => format!("{instruction}\n\n{input}"),
                 None => instruction.to_string(),
@@ -91,7 +96,8 @@ pub fn read_nlg_jsonl(path: &Path) -> Result<Vec<NlgRecord>, TrainError> {
             }
         } else {
             return Err(err(
-                "missing field: expected \"query\"/\"response\" or \"instruction\"/\"output\"".into(),
+                "missing field: expected \"query\"/\"response\" or \"instruction\"/\"output\""
+                    .into(),
             ));
         };
         let answer = obj.get("answer").map(|a| match a {
@@ -132,16 +138,20 @@ pub fn read_nlu(path: &Path) -> Result<Vec<NluRecord>, TrainError> {
             let text_col = col(&["text", "sentence", "sentence1"])
                 .ok_or_else(|| err(1, "no text/sentence column in the header".into()))?;
             let pair_col = col(&["text_pair", "sentence2"]);
-            let label_col = col(&["label"]).ok_or_else(|| err(1, "no label column in the header".into()))?;
+            let label_col =
+                col(&["label"]).ok_or_else(|| err(1, "no label column in the header".into()))?;
             for (i, line) in lines {
                 if line.trim().is_empty() {
                     continue;
                 }
                 let row = split_row(line, sep);
                 let get = |c: usize| {
-                    row.get(c)
-                        .cloned()
-                        .ok_or_else(|| err(i + 1, format!("expected {} columns, found {}", header.len(), row.len())))
+                    row.get(c).cloned().ok_or_else(|| {
+                        err(
+                            i + 1,
+                            format!("expected {} columns, found {}", header.len(), row.len()),
+                        )
+                    })
                 };
                 records.push(NluRecord {
                     text: get(text_col)?,
@@ -340,7 +350,11 @@ pub fn tokenize_nlu(
         let id = labels.id(&r.label).ok_or_else(|| TrainError::Data {
             path: path.to_path_buf(),
             line: i + 2,
-            reason: format!("label {:?} is outside the class set {:?}", r.label, labels.names()),
+            reason: format!(
+                "label {:?} is outside the class set {:?}",
+                r.label,
+                labels.names()
+            ),
         })?;
         let enc = match &r.text_pair {
             Some(pair) => tokenizer.encode((r.text.as_str(), pair.as_str()), true),
@@ -366,7 +380,12 @@ pub fn tokenize_nlu(
 /// The batches of one epoch: a seeded shuffle, then length bucketing (sort within windows of
 /// 16 batches so padding stays small), then a seeded shuffle of the batch order. A pure
 /// function of `(seed, epoch)`, which makes the data cursor of a checkpoint just a position.
-pub fn epoch_batches(lengths: &[usize], batch_size: usize, seed: u64, epoch: u64) -> Vec<Vec<usize>> {
+pub fn epoch_batches(
+    lengths: &[usize],
+    batch_size: usize,
+    seed: u64,
+    epoch: u64,
+) -> Vec<Vec<usize>> {
     let mut rng = StdRng::seed_from_u64(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.shuffle(&mut rng);

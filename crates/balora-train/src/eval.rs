@@ -20,7 +20,10 @@ pub fn extract_number(text: &str) -> Option<f64> {
             cur.clear();
         };
         for c in s.chars() {
-            if c.is_ascii_digit() || (c == '-' && cur.is_empty()) || ((c == '.' || c == ',') && !cur.is_empty()) {
+            if c.is_ascii_digit()
+                || (c == '-' && cur.is_empty())
+                || ((c == '.' || c == ',') && !cur.is_empty())
+            {
                 cur.push(c);
             } else {
                 flush(&mut cur, &mut out);
@@ -57,7 +60,11 @@ pub struct ClassificationMetrics {
 }
 
 /// Accuracy, macro-F1 and MCC of `predicted` against `gold` class ids.
-pub fn classification_metrics(predicted: &[usize], gold: &[usize], classes: usize) -> ClassificationMetrics {
+pub fn classification_metrics(
+    predicted: &[usize],
+    gold: &[usize],
+    classes: usize,
+) -> ClassificationMetrics {
     let n = gold.len().max(1) as f64;
     let mut confusion = vec![vec![0f64; classes]; classes];
     for (&p, &g) in predicted.iter().zip(gold) {
@@ -69,17 +76,27 @@ pub fn classification_metrics(predicted: &[usize], gold: &[usize], classes: usiz
             let tp = confusion[k][k];
             let fp: f64 = (0..classes).map(|g| confusion[g][k]).sum::<f64>() - tp;
             let fn_: f64 = confusion[k].iter().sum::<f64>() - tp;
-            if tp == 0.0 { 0.0 } else { 2.0 * tp / (2.0 * tp + fp + fn_) }
+            if tp == 0.0 {
+                0.0
+            } else {
+                2.0 * tp / (2.0 * tp + fp + fn_)
+            }
         })
         .sum::<f64>()
         / classes.max(1) as f64;
     // Gorodkin's multi-class MCC
     let t: Vec<f64> = (0..classes).map(|k| confusion[k].iter().sum()).collect();
-    let p: Vec<f64> = (0..classes).map(|k| (0..classes).map(|g| confusion[g][k]).sum()).collect();
+    let p: Vec<f64> = (0..classes)
+        .map(|k| (0..classes).map(|g| confusion[g][k]).sum())
+        .collect();
     let cov_tp = correct * n - t.iter().zip(&p).map(|(a, b)| a * b).sum::<f64>();
     let cov_tt = n * n - t.iter().map(|a| a * a).sum::<f64>();
     let cov_pp = n * n - p.iter().map(|a| a * a).sum::<f64>();
-    let mcc = if cov_tt * cov_pp > 0.0 { cov_tp / (cov_tt * cov_pp).sqrt() } else { 0.0 };
+    let mcc = if cov_tt * cov_pp > 0.0 {
+        cov_tp / (cov_tt * cov_pp).sqrt()
+    } else {
+        0.0
+    };
     ClassificationMetrics {
         accuracy: correct / n,
         macro_f1: f1,
@@ -94,7 +111,11 @@ pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
     let cov: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
     let vx: f64 = x.iter().map(|a| (a - mx).powi(2)).sum();
     let vy: f64 = y.iter().map(|b| (b - my).powi(2)).sum();
-    if vx * vy > 0.0 { cov / (vx * vy).sqrt() } else { 0.0 }
+    if vx * vy > 0.0 {
+        cov / (vx * vy).sqrt()
+    } else {
+        0.0
+    }
 }
 
 /// Spearman rank correlation (average ranks for ties).

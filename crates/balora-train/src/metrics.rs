@@ -114,8 +114,16 @@ pub fn plot_losses(metrics: &[StepMetrics], path: &Path) -> Result<(), TrainErro
     let series: [Series; 6] = [
         ("total loss", |m| Some(m.loss), BLACK),
         ("task loss", |m| Some(m.task), BLUE),
-        ("λ1·consistency", |m| m.consistency.map(|v| v * m.lambdas[0]), RED),
-        ("λ2·diversity", |m| m.diversity.map(|v| v * m.lambdas[1]), GREEN),
+        (
+            "λ1·consistency",
+            |m| m.consistency.map(|v| v * m.lambdas[0]),
+            RED,
+        ),
+        (
+            "λ2·diversity",
+            |m| m.diversity.map(|v| v * m.lambdas[1]),
+            GREEN,
+        ),
         ("λ3·svd", |m| m.svd.map(|v| v * m.lambdas[2]), MAGENTA),
         ("monteclora", |m| m.monteclora, CYAN),
     ];
@@ -126,8 +134,14 @@ pub fn plot_losses(metrics: &[StepMetrics], path: &Path) -> Result<(), TrainErro
         .collect();
     let (lo, hi) = points
         .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
-    let (lo, hi) = if lo.is_finite() { (lo, hi.max(lo + 1e-6)) } else { (0.0, 1.0) };
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    let (lo, hi) = if lo.is_finite() {
+        (lo, hi.max(lo + 1e-6))
+    } else {
+        (0.0, 1.0)
+    };
     let last = metrics.last().map_or(1, |m| m.step.max(1));
     let root = BitMapBackend::new(path, (900, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
@@ -156,7 +170,9 @@ pub fn plot_losses(metrics: &[StepMetrics], path: &Path) -> Result<(), TrainErro
             .draw_series(LineSeries::new(pts, color.stroke_width(2)))
             .map_err(|e| err(&e))?
             .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()

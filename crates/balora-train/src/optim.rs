@@ -156,7 +156,8 @@ impl ModuleMapper for Update<'_> {
                 v: Tensor::zeros([n], (&g.device(), g.dtype())),
             });
             let m = state.m.clone().mul_scalar(c.beta1) + g.clone().mul_scalar(1.0 - c.beta1);
-            let v = state.v.clone().mul_scalar(c.beta2) + g.powi_scalar(2).mul_scalar(1.0 - c.beta2);
+            let v =
+                state.v.clone().mul_scalar(c.beta2) + g.powi_scalar(2).mul_scalar(1.0 - c.beta2);
             state.m = m.clone().detach();
             state.v = v.clone().detach();
             let m_hat = m.div_scalar(1.0 - c.beta1.powi(t));
@@ -182,7 +183,13 @@ impl AdamW {
 
     /// One update of every parameter of `module` that has a gradient, at learning rate `lr`,
     /// with gradients multiplied by `grad_scale` first (global-norm clipping).
-    pub fn step<M: Module>(&mut self, module: M, grads: &GradientsParams, lr: f64, grad_scale: f64) -> M {
+    pub fn step<M: Module>(
+        &mut self,
+        module: M,
+        grads: &GradientsParams,
+        lr: f64,
+        grad_scale: f64,
+    ) -> M {
         self.steps += 1;
         let mut update = Update {
             adamw: self,

@@ -15,12 +15,12 @@ use burn::tensor::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
+use crate::TrainError;
 use crate::checkpoint::{LoopState, has_checkpoint, load_checkpoint, save_checkpoint};
 use crate::data::{Example, collate, epoch_batches};
 use crate::metrics::{MetricsLog, StepMetrics, plot_losses, read_metrics};
 use crate::optim::{AdamW, AdamWConfig, global_grad_norm};
 use crate::schedule::LrSchedule;
-use crate::TrainError;
 
 /// Loop settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,7 +54,13 @@ pub struct LoopConfig {
 /// regularisers against the teacher (the same model in teacher mode).
 pub trait Objective<M> {
     /// The loss of `batch` at optimizer step `step`.
-    fn loss(&self, model: &M, batch: &TokenBatch, labels: &[i64], step: usize) -> Result<LossOutput, TrainError>;
+    fn loss(
+        &self,
+        model: &M,
+        batch: &TokenBatch,
+        labels: &[i64],
+        step: usize,
+    ) -> Result<LossOutput, TrainError>;
     /// Whether labels are per token (NLG) or per example (NLU).
     fn token_labels(&self) -> bool;
 }
@@ -80,7 +86,13 @@ pub struct NlgObjective {
 }
 
 impl<M: CausalLm> Objective<M> for NlgObjective {
-    fn loss(&self, model: &M, batch: &TokenBatch, labels: &[i64], step: usize) -> Result<LossOutput, TrainError> {
+    fn loss(
+        &self,
+        model: &M,
+        batch: &TokenBatch,
+        labels: &[i64],
+        step: usize,
+    ) -> Result<LossOutput, TrainError> {
         let logits = model.logits(batch, ForwardMode::Adapted);
         let task = causal_lm_loss(logits.clone(), labels)?;
         match &self.balora {
@@ -102,7 +114,13 @@ pub struct NluObjective {
 }
 
 impl<M: SequenceClassifier> Objective<M> for NluObjective {
-    fn loss(&self, model: &M, batch: &TokenBatch, labels: &[i64], step: usize) -> Result<LossOutput, TrainError> {
+    fn loss(
+        &self,
+        model: &M,
+        batch: &TokenBatch,
+        labels: &[i64],
+        step: usize,
+    ) -> Result<LossOutput, TrainError> {
         let logits = model.logits(batch, ForwardMode::Adapted);
         let task = classification_loss(logits.clone(), labels)?;
         match &self.balora {
@@ -119,7 +137,8 @@ impl<M: SequenceClassifier> Objective<M> for NluObjective {
 
 /// A 64-bit mix of a seed and counters (SplitMix64 finaliser).
 fn mix(seed: u64, a: u64, b: u64) -> u64 {
-    let mut z = seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let mut z =
+        seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -195,10 +214,15 @@ where
     );
     let (mut tokens_total, started) = (0usize, Instant::now());
     let mut last = None;
-    let stop = config.stop_at_step.unwrap_or(config.max_steps).min(config.max_steps);
+    let stop = config
+        .stop_at_step
+        .unwrap_or(config.max_steps)
+        .min(config.max_steps);
     while state.step < stop {
         let step_start = Instant::now();
-        let lr = config.schedule.lr(config.lr, state.step, config.max_steps, warmup);
+        let lr = config
+            .schedule
+            .lr(config.lr, state.step, config.max_steps, warmup);
         let mut accumulator = GradientsAccumulator::new();
         let (mut sums, mut tokens) = ([0.0f64; 6], 0usize);
         let mut seen = [false; 4];
@@ -209,13 +233,20 @@ where
                 state.batch_in_epoch = 0;
                 batches = epoch_batches(&lengths, config.batch_size, config.seed, state.epoch);
             }
-            let chosen: Vec<&Example> = batches[state.batch_in_epoch].iter().map(|&i| &examples[i]).collect();
+            let chosen: Vec<&Example> = batches[state.batch_in_epoch]
+                .iter()
+                .map(|&i| &examples[i])
+                .collect();
             state.batch_in_epoch += 1;
             let (batch, labels) = collate(&chosen, pad_id, objective.token_labels());
             tokens += batch.num_tokens();
             // dropout masks and MonteCLoRA noise are functions of (seed, step, micro-batch)
             device.seed(mix(config.seed, state.step as u64, micro as u64));
-            draw_monteclora(&mut model, config.seed, (state.step * config.grad_accum + micro) as u64);
+            draw_monteclora(
+                &mut model,
+                config.seed,
+                (state.step * config.grad_accum + micro) as u64,
+            );
             let out = objective.loss(&model, &batch, &labels, state.step)?;
             let mut loss = out.loss.clone();
             if let Some(mc) = monteclora_loss(&model) {
@@ -233,7 +264,10 @@ where
             }
             sums[0] += value;
             sums[1] += out.task.into_scalar::<f64>();
-            for (i, term) in [out.terms.consistency, out.terms.diversity, out.terms.svd].into_iter().enumerate() {
+            for (i, term) in [out.terms.consistency, out.terms.diversity, out.terms.svd]
+                .into_iter()
+                .enumerate()
+            {
                 if let Some(t) = term {
                     sums[2 + i] += t.into_scalar::<f64>();
                     seen[i] = true;
@@ -277,14 +311,15 @@ where
             "loss {:.4} task {:.4}{}{}{} {:.0} tok/s",
             m.loss,
             m.task,
-            m.consistency.map_or(String::new(), |v| format!(" C {v:.3}")),
+            m.consistency
+                .map_or(String::new(), |v| format!(" C {v:.3}")),
             m.diversity.map_or(String::new(), |v| format!(" D {v:.3}")),
             m.svd.map_or(String::new(), |v| format!(" S {v:.3}")),
             m.tokens_per_s
         ));
         bar.inc(1);
         last = Some(m);
-        let due = config.save_every > 0 && state.step % config.save_every == 0;
+        let due = config.save_every > 0 && state.step.is_multiple_of(config.save_every);
         if due || state.step == stop {
             let name = format!("checkpoint-{}", state.step);
             save_checkpoint(&output.join(&name), &model, &optim, &state)?;

@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use balora_adapters::{InitMode, LoraConfig, MonteCloraConfig, TargetModules, clear_monteclora, inject};
+use balora_adapters::{
+    InitMode, LoraConfig, MonteCloraConfig, TargetModules, clear_monteclora, inject,
+};
 use balora_bert::BertForSequenceClassification;
 use balora_io::{SaveOptions, load_adapter, save_adapter};
 use balora_llama::LlamaForCausalLM;
@@ -44,7 +46,11 @@ fn nlg_examples() -> Vec<Example> {
                 .map(|_| -100)
                 .chain(response.iter().map(|&t| t as i64))
                 .collect();
-            Example { ids, labels, token_types: None }
+            Example {
+                ids,
+                labels,
+                token_types: None,
+            }
         })
         .collect()
 }
@@ -66,25 +72,51 @@ fn loop_config(steps: usize) -> LoopConfig {
 }
 
 fn adapter(method: &str) -> LoraConfig {
-    LoraConfig::new(4, TargetModules::names(["q_proj", "v_proj", "up_proj", "down_proj"]))
-        .with_lora_alpha(8.0)
-        .with_init(if method == "pissa" || method == "balora" { InitMode::Pissa } else { InitMode::Gaussian })
-        .with_monteclora((method == "monteclora").then(|| MonteCloraConfig::new().with_num_samples(4)))
-        .with_lora_dropout(if method == "lora" { 0.1 } else { 0.0 })
+    LoraConfig::new(
+        4,
+        TargetModules::names(["q_proj", "v_proj", "up_proj", "down_proj"]),
+    )
+    .with_lora_alpha(8.0)
+    .with_init(if method == "pissa" || method == "balora" {
+        InitMode::Pissa
+    } else {
+        InitMode::Gaussian
+    })
+    .with_monteclora((method == "monteclora").then(|| MonteCloraConfig::new().with_num_samples(4)))
+    .with_lora_dropout(if method == "lora" { 0.1 } else { 0.0 })
 }
 
 fn tiny_llama() -> LlamaForCausalLM {
     LlamaForCausalLM::from_pretrained(&fixture("models/tiny-llama"), &device(), DType::F32).unwrap()
 }
 
-fn run_nlg(method: &str, dir: &Path, steps: usize, stop: Option<usize>, resume: bool) -> LlamaForCausalLM {
+fn run_nlg(
+    method: &str,
+    dir: &Path,
+    steps: usize,
+    stop: Option<usize>,
+    resume: bool,
+) -> LlamaForCausalLM {
     let cfg = adapter(method);
     let (model, _) = inject(tiny_llama(), &cfg).unwrap();
     let balora = (method == "balora")
         .then(|| BaLoraLoss::new(RegularizerConfig::paper(Task::Nlg), steps).unwrap());
     let objective = NlgObjective { balora };
-    let lc = LoopConfig { stop_at_step: stop, ..loop_config(steps) };
-    let (mut model, _) = train(model, &objective, &nlg_examples(), 0, &lc, dir, resume, &device()).unwrap();
+    let lc = LoopConfig {
+        stop_at_step: stop,
+        ..loop_config(steps)
+    };
+    let (mut model, _) = train(
+        model,
+        &objective,
+        &nlg_examples(),
+        0,
+        &lc,
+        dir,
+        resume,
+        &device(),
+    )
+    .unwrap();
     clear_monteclora(&mut model);
     save_adapter(&model, &cfg, &dir.join("adapter"), &SaveOptions::default()).unwrap();
     model
@@ -99,7 +131,10 @@ fn every_method_learns_and_its_adapter_loads_back() {
         let m = read_metrics(&dir.path().join("metrics.jsonl")).unwrap();
         assert_eq!(m.len(), 20, "{method}");
         let (first, last) = (m[0].task, m[19].task);
-        assert!(last < 0.5 * first, "{method}: task loss {first} → {last} did not decrease");
+        assert!(
+            last < 0.5 * first,
+            "{method}: task loss {first} → {last} did not decrease"
+        );
         if method == "balora" {
             assert!(m[5].consistency.is_some() && m[5].svd.is_some() && m[5].diversity.is_some());
         }
@@ -111,12 +146,21 @@ fn every_method_learns_and_its_adapter_loads_back() {
         let mut fresh = tiny_llama().valid();
         load_adapter(&mut fresh, &dir.path().join("adapter")).unwrap();
         let batch = TokenBatch::right_padded(&[nlg_examples()[0].ids.clone()], 0);
-        let want = model.valid().logits(&batch, balora_adapters::ForwardMode::Adapted);
+        let want = model
+            .valid()
+            .logits(&batch, balora_adapters::ForwardMode::Adapted);
         let got = fresh.logits(&batch, balora_adapters::ForwardMode::Adapted);
         let err: f64 = (want - got).abs().max().into_scalar::<f64>();
         assert!(err < 1e-3, "{method}: reloaded adapter differs by {err:e}");
         // evaluation (generation) runs and has learned the response
-        let out = model.valid().generate(&nlg_examples()[3].ids[..4], &GenerationConfig::greedy(5, vec![2]), true).unwrap();
+        let out = model
+            .valid()
+            .generate(
+                &nlg_examples()[3].ids[..4],
+                &GenerationConfig::greedy(5, vec![2]),
+                true,
+            )
+            .unwrap();
         assert_eq!(out, vec![10, 11, 12, 13, 2], "{method}");
     }
 }
@@ -132,7 +176,9 @@ fn a_resumed_run_reproduces_the_uninterrupted_loss_curve() {
         run_nlg(method, split.path(), 10, None, true);
         let a = read_metrics(&full.path().join("metrics.jsonl")).unwrap();
         let b = read_metrics(&split.path().join("metrics.jsonl")).unwrap();
-        let loss = |m: &[balora_train::metrics::StepMetrics]| m.iter().map(|x| x.loss.to_bits()).collect::<Vec<_>>();
+        let loss = |m: &[balora_train::metrics::StepMetrics]| {
+            m.iter().map(|x| x.loss.to_bits()).collect::<Vec<_>>()
+        };
         assert_eq!(a.len(), 10);
         assert_eq!(loss(&a), loss(&b), "{method}: resumed curve differs");
     }
@@ -142,7 +188,13 @@ fn a_resumed_run_reproduces_the_uninterrupted_loss_curve() {
 fn classification_trains_with_balora() {
     let _turn = exclusive();
     let dir = tempfile::tempdir().unwrap();
-    let model = BertForSequenceClassification::from_pretrained(&fixture("models/tiny-bert-cls"), None, &device(), DType::F32).unwrap();
+    let model = BertForSequenceClassification::from_pretrained(
+        &fixture("models/tiny-bert-cls"),
+        None,
+        &device(),
+        DType::F32,
+    )
+    .unwrap();
     let cfg = LoraConfig::new(4, TargetModules::names(["query", "value"])).with_lora_alpha(8.0);
     let (model, _) = inject(model, &cfg).unwrap();
     let examples: Vec<Example> = (0..24u32)
@@ -153,8 +205,21 @@ fn classification_trains_with_balora() {
         })
         .collect();
     let balora = Some(BaLoraLoss::new(RegularizerConfig::paper(Task::Nlu), 20).unwrap());
-    let lc = LoopConfig { lr: 1e-2, ..loop_config(20) };
-    let (model, _) = train(model, &NluObjective { balora }, &examples, 0, &lc, dir.path(), false, &device()).unwrap();
+    let lc = LoopConfig {
+        lr: 1e-2,
+        ..loop_config(20)
+    };
+    let (model, _) = train(
+        model,
+        &NluObjective { balora },
+        &examples,
+        0,
+        &lc,
+        dir.path(),
+        false,
+        &device(),
+    )
+    .unwrap();
     let m = read_metrics(&dir.path().join("metrics.jsonl")).unwrap();
     assert!(m[19].task < m[0].task, "{} → {}", m[0].task, m[19].task);
     assert!(m[3].diversity.is_some() && m[3].svd.is_some());
@@ -169,20 +234,40 @@ fn bad_data_names_the_file_and_line() {
         std::fs::write(&p, text).unwrap();
         p
     };
-    let p = write("bad.jsonl", "{\"query\": \"a\", \"response\": \"b\"}\n{\"query\": \"x\"\n");
+    let p = write(
+        "bad.jsonl",
+        "{\"query\": \"a\", \"response\": \"b\"}\n{\"query\": \"x\"\n",
+    );
     let e = read_nlg_jsonl(&p).unwrap_err().to_string();
-    assert!(e.contains("bad.jsonl:2") && e.contains("malformed JSON"), "{e}");
+    assert!(
+        e.contains("bad.jsonl:2") && e.contains("malformed JSON"),
+        "{e}"
+    );
     let p = write("missing.jsonl", "{\"query\": \"a\"}\n");
     let e = read_nlg_jsonl(&p).unwrap_err().to_string();
-    assert!(e.contains("missing.jsonl:1") && e.contains("response"), "{e}");
+    assert!(
+        e.contains("missing.jsonl:1") && e.contains("response"),
+        "{e}"
+    );
     let p = write("empty.jsonl", "\n\n");
-    assert!(read_nlg_jsonl(&p).unwrap_err().to_string().contains("no usable example"));
+    assert!(
+        read_nlg_jsonl(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("no usable example")
+    );
     let p = write("nolabel.tsv", "sentence\tfoo\nhello\t1\n");
     assert!(read_nlu(&p).unwrap_err().to_string().contains("label"));
-    let alpaca = write("alpaca.jsonl", "{\"instruction\": \"Add\", \"input\": \"1 2\", \"output\": \"3\"}\n");
+    let alpaca = write(
+        "alpaca.jsonl",
+        "{\"instruction\": \"Add\", \"input\": \"1 2\", \"output\": \"3\"}\n",
+    );
     let r = read_nlg_jsonl(&alpaca).unwrap();
     assert_eq!(r[0].prompt, "Add\n\n1 2");
-    let csv = write("pairs.csv", "sentence1,sentence2,label\n\"a, b\",c,pos\nd,e,neg\n");
+    let csv = write(
+        "pairs.csv",
+        "sentence1,sentence2,label\n\"a, b\",c,pos\nd,e,neg\n",
+    );
     let r = read_nlu(&csv).unwrap();
     assert_eq!((r[0].text.as_str(), r[0].label.as_str()), ("a, b", "pos"));
 }

@@ -367,7 +367,9 @@ impl BertModel {
         let mut x = e.layer_norm.forward(x);
         let heads = config.num_attention_heads;
         let mask = AttentionMask {
-            key_padding: batch.has_padding().then_some(batch.attention_mask.as_slice()),
+            key_padding: batch
+                .has_padding()
+                .then_some(batch.attention_mask.as_slice()),
             causal: false,
             window: None,
             query_offset: 0,
@@ -379,9 +381,13 @@ impl BertModel {
             let q = split(sa.query.forward_mode(x.clone(), mode));
             let k = split(sa.key.forward_mode(x.clone(), mode));
             let v = split(sa.value.forward_mode(x.clone(), mode));
-            let ctx = scaled_dot_product(q, k, v, mask).swap_dims(1, 2).reshape([b, t, d]);
+            let ctx = scaled_dot_product(q, k, v, mask)
+                .swap_dims(1, 2)
+                .reshape([b, t, d]);
             let out = &layer.attention.output;
-            let a = out.layer_norm.forward(out.dense.forward_mode(ctx, mode) + x);
+            let a = out
+                .layer_norm
+                .forward(out.dense.forward_mode(ctx, mode) + x);
             let h = gelu(layer.intermediate.dense.forward_mode(a.clone(), mode));
             let o = &layer.output;
             x = o.layer_norm.forward(o.dense.forward_mode(h, mode) + a);
@@ -403,7 +409,10 @@ impl BertForSequenceClassification {
     ) -> Result<Self, BertError> {
         let checkpoint = HfCheckpoint::open(dir)?;
         let config: BertConfig = checkpoint.config()?;
-        if !matches!(config.model_type.as_str(), "bert" | "roberta" | "xlm-roberta") {
+        if !matches!(
+            config.model_type.as_str(),
+            "bert" | "roberta" | "xlm-roberta"
+        ) {
             return Err(BertError::UnsupportedConfig {
                 key: "model_type",
                 value: config.model_type,
@@ -431,7 +440,11 @@ impl BertForSequenceClassification {
             },
             config: config.clone(),
             prefix: prefix.clone(),
-            pooling: if roberta { Pooling::Cls } else { Pooling::Pooler },
+            pooling: if roberta {
+                Pooling::Cls
+            } else {
+                Pooling::Pooler
+            },
         };
         let head_in_file = has_key(&checkpoint, "classifier.")?;
         // freeze the encoder; the head stays trainable (peft's modules_to_save)
@@ -439,7 +452,10 @@ impl BertForSequenceClassification {
         let mut options = LoadOptions::new(dtype)
             .with_remap(r"\.LayerNorm\.", ".layer_norm.")
             .with_remap(r"\.attention\.self\.", ".attention.self_attention.")
-            .with_remap(r"^classifier\.(weight|bias)$", "classifier.current.out_proj.$1")
+            .with_remap(
+                r"^classifier\.(weight|bias)$",
+                "classifier.current.out_proj.$1",
+            )
             .with_remap(r"^classifier\.(dense|out_proj)\.", "classifier.current.$1.");
         options = match prefix.as_str() {
             "" => options.with_remap(r"^(embeddings|encoder|pooler)\.", "bert.$1."),
@@ -478,7 +494,13 @@ impl BertForSequenceClassification {
     }
 
     /// Pool hidden states `[B, T, d]` into `[B, d]`.
-    pub fn pool(&self, h: Tensor<3>, batch: &TokenBatch, pooling: Pooling, mode: ForwardMode) -> Tensor<2> {
+    pub fn pool(
+        &self,
+        h: Tensor<3>,
+        batch: &TokenBatch,
+        pooling: Pooling,
+        mode: ForwardMode,
+    ) -> Tensor<2> {
         let [b, t, d] = h.dims();
         let cls = || h.clone().narrow(1, 0, 1).reshape([b, d]);
         match pooling {
@@ -489,8 +511,9 @@ impl BertForSequenceClassification {
             },
             Pooling::Mean => {
                 let m: Vec<f64> = batch.attention_mask.iter().map(|&v| v as f64).collect();
-                let m = Tensor::<2>::from_data(TensorData::new(m, [b, t]), (&h.device(), h.dtype()))
-                    .unsqueeze_dim::<3>(2);
+                let m =
+                    Tensor::<2>::from_data(TensorData::new(m, [b, t]), (&h.device(), h.dtype()))
+                        .unsqueeze_dim::<3>(2);
                 let summed: Tensor<2> = (h * m.clone()).sum_dim(1).reshape([b, d]);
                 let counts: Tensor<2> = m.sum_dim(1).reshape([b, 1]).clamp_min(1e-9);
                 summed / counts
@@ -532,7 +555,10 @@ impl AdapterSlots for BertForSequenceClassification {
             f(&format!("{base}.attention.self.query"), &sa.query);
             f(&format!("{base}.attention.self.key"), &sa.key);
             f(&format!("{base}.attention.self.value"), &sa.value);
-            f(&format!("{base}.attention.output.dense"), &l.attention.output.dense);
+            f(
+                &format!("{base}.attention.output.dense"),
+                &l.attention.output.dense,
+            );
             f(&format!("{base}.intermediate.dense"), &l.intermediate.dense);
             f(&format!("{base}.output.dense"), &l.output.dense);
         }
@@ -546,8 +572,14 @@ impl AdapterSlots for BertForSequenceClassification {
             f(&format!("{base}.attention.self.query"), &mut sa.query);
             f(&format!("{base}.attention.self.key"), &mut sa.key);
             f(&format!("{base}.attention.self.value"), &mut sa.value);
-            f(&format!("{base}.attention.output.dense"), &mut l.attention.output.dense);
-            f(&format!("{base}.intermediate.dense"), &mut l.intermediate.dense);
+            f(
+                &format!("{base}.attention.output.dense"),
+                &mut l.attention.output.dense,
+            );
+            f(
+                &format!("{base}.intermediate.dense"),
+                &mut l.intermediate.dense,
+            );
             f(&format!("{base}.output.dense"), &mut l.output.dense);
         }
     }
@@ -555,7 +587,11 @@ impl AdapterSlots for BertForSequenceClassification {
 
 impl SequenceClassifier for BertForSequenceClassification {
     fn logits(&self, batch: &TokenBatch, mode: ForwardMode) -> Tensor<2> {
-        let head_pooling = if self.config().is_roberta() { Pooling::Cls } else { Pooling::Pooler };
+        let head_pooling = if self.config().is_roberta() {
+            Pooling::Cls
+        } else {
+            Pooling::Pooler
+        };
         let h = self.hidden_states(batch, mode);
         self.classifier
             .forward(self.pool(h, batch, head_pooling, mode), mode)

@@ -11,12 +11,20 @@ use burn::tensor::{DType, Device};
 
 fn batch_from(file: &SafetensorsFile, with_types: bool) -> TokenBatch {
     let ints = |k: &str| -> Vec<u32> {
-        file.values::<i64>(k).unwrap().0.into_iter().map(|v| v as u32).collect()
+        file.values::<i64>(k)
+            .unwrap()
+            .0
+            .into_iter()
+            .map(|v| v as u32)
+            .collect()
     };
     let shape = file.shape("input_ids").unwrap();
     TokenBatch {
         input_ids: ints("input_ids"),
-        attention_mask: ints("attention_mask").into_iter().map(|v| v as u8).collect(),
+        attention_mask: ints("attention_mask")
+            .into_iter()
+            .map(|v| v as u8)
+            .collect(),
         token_type_ids: with_types.then(|| ints("token_type_ids")),
         dims: [shape[0], shape[1]],
     }
@@ -24,12 +32,16 @@ fn batch_from(file: &SafetensorsFile, with_types: bool) -> TokenBatch {
 
 fn max_abs(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
+    a.iter()
+        .zip(b)
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
 }
 
 fn check_classifier(case: &str, with_types: bool) {
     let dir = fixture(&format!("models/{case}"));
-    let model = BertForSequenceClassification::from_pretrained(&dir, None, &Device::flex(), DType::F32).unwrap();
+    let model =
+        BertForSequenceClassification::from_pretrained(&dir, None, &Device::flex(), DType::F32)
+            .unwrap();
     let file = SafetensorsFile::open(&dir.join("reference.safetensors")).unwrap();
     let batch = batch_from(&file, with_types);
     let got = values(model.logits(&batch, ForwardMode::Adapted));
@@ -54,22 +66,42 @@ fn tiny_roberta_classifier_matches_transformers() {
 #[test]
 fn minilm_pooled_embeddings_match_transformers() {
     let dir = asset("models/all-MiniLM-L6-v2");
-    let model = BertForSequenceClassification::from_pretrained(&dir, Some(2), &Device::flex(), DType::F32).unwrap();
+    let model =
+        BertForSequenceClassification::from_pretrained(&dir, Some(2), &Device::flex(), DType::F32)
+            .unwrap();
     let file = SafetensorsFile::open(&fixture("models/minilm/reference.safetensors")).unwrap();
     let batch = batch_from(&file, true);
     // tokenizer ids equal Python's once the shipped fixed padding (to 128) is switched off
     let tokenizer = load_tokenizer(&dir).unwrap();
     let sentences: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fixture("models/minilm/sentences.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(fixture("models/minilm/sentences.json")).unwrap())
+            .unwrap();
     let t = batch.dims[1];
-    for (i, s) in sentences["sentences"].as_array().unwrap().iter().enumerate() {
+    for (i, s) in sentences["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
         let enc = tokenizer.encode(s.as_str().unwrap(), true).unwrap();
         let n = enc.get_ids().len();
-        assert_eq!(enc.get_ids(), &batch.input_ids[i * t..i * t + n], "sentence {i}");
-        assert!(batch.attention_mask[i * t + n..(i + 1) * t].iter().all(|&m| m == 0));
+        assert_eq!(
+            enc.get_ids(),
+            &batch.input_ids[i * t..i * t + n],
+            "sentence {i}"
+        );
+        assert!(
+            batch.attention_mask[i * t + n..(i + 1) * t]
+                .iter()
+                .all(|&m| m == 0)
+        );
     }
     let h = model.hidden_states(&batch, ForwardMode::Adapted);
-    for (pooling, key) in [(Pooling::Cls, "cls"), (Pooling::Mean, "mean_pooled"), (Pooling::Pooler, "pooler_output")] {
+    for (pooling, key) in [
+        (Pooling::Cls, "cls"),
+        (Pooling::Mean, "mean_pooled"),
+        (Pooling::Pooler, "pooler_output"),
+    ] {
         let got = values(model.pool(h.clone(), &batch, pooling, ForwardMode::Adapted));
         let want = file.values::<f64>(key).unwrap().0;
         let err = max_abs(&got, &want);

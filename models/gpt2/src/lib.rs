@@ -237,8 +237,14 @@ impl AdapterSlots for Gpt2LmHeadModel {
 
     fn visit_slots_mut(&mut self, f: &mut dyn FnMut(&str, &mut LoraLinear)) {
         for (i, b) in self.transformer.h.iter_mut().enumerate() {
-            f(&format!("transformer.h.{i}.attn.c_attn"), &mut b.attn.c_attn);
-            f(&format!("transformer.h.{i}.attn.c_proj"), &mut b.attn.c_proj);
+            f(
+                &format!("transformer.h.{i}.attn.c_attn"),
+                &mut b.attn.c_attn,
+            );
+            f(
+                &format!("transformer.h.{i}.attn.c_proj"),
+                &mut b.attn.c_proj,
+            );
             f(&format!("transformer.h.{i}.mlp.c_fc"), &mut b.mlp.c_fc);
             f(&format!("transformer.h.{i}.mlp.c_proj"), &mut b.mlp.c_proj);
         }
@@ -255,15 +261,22 @@ impl CausalLm for Gpt2LmHeadModel {
         let pos = Tensor::<2, Int>::from_data(TensorData::new(pos, [b, t]), &device);
         let mut x = tr.wte.forward(batch.ids(&device)) + tr.wpe.forward(pos);
         let mask = AttentionMask {
-            key_padding: batch.has_padding().then_some(batch.attention_mask.as_slice()),
+            key_padding: batch
+                .has_padding()
+                .then_some(batch.attention_mask.as_slice()),
             causal: true,
             window: None,
             query_offset: 0,
         };
         for block in &tr.h {
-            let a = block.attn.forward(block.ln_1.forward(x.clone()), mask, mode);
+            let a = block
+                .attn
+                .forward(block.ln_1.forward(x.clone()), mask, mode);
             x = x + a;
-            let h = block.mlp.c_fc.forward_mode(block.ln_2.forward(x.clone()), mode);
+            let h = block
+                .mlp
+                .c_fc
+                .forward_mode(block.ln_2.forward(x.clone()), mode);
             x = x.clone() + block.mlp.c_proj.forward_mode(gelu_approximate(h), mode);
         }
         let x = tr.ln_f.forward(x);

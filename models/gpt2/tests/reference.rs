@@ -48,20 +48,28 @@ fn tiny_gpt2_matches_transformers() {
 #[test]
 fn adapters_on_the_fused_projection_start_from_the_base() {
     let (model, batch, want) = load();
-    let cfg = LoraConfig::new(4, TargetModules::names(["c_attn", "c_fc"])).with_init(InitMode::Pissa);
+    let cfg =
+        LoraConfig::new(4, TargetModules::names(["c_attn", "c_fc"])).with_init(InitMode::Pissa);
     let (model, report) = inject(model, &cfg).unwrap();
     assert_eq!(report.adapted[0], "transformer.h.0.attn.c_attn");
     let adapter = model.transformer.h[0].attn.c_attn.adapter.as_ref().unwrap();
     assert_eq!(adapter.lora_b.shape().dims::<2>(), [96, 4]);
     let got = values(model.logits(&batch, ForwardMode::Adapted));
     let err = max_err_real(&got, &want, &batch, model.vocab_size());
-    assert!(err <= 1e-4, "PiSSA-initialised GPT-2 differs from the base by {err:e}");
+    assert!(
+        err <= 1e-4,
+        "PiSSA-initialised GPT-2 differs from the base by {err:e}"
+    );
 }
 
 #[test]
 fn a_llama_checkpoint_is_not_a_gpt2() {
-    let e = Gpt2LmHeadModel::from_pretrained(&fixture("models/tiny-llama"), &Device::flex(), DType::F32)
-        .unwrap_err()
-        .to_string();
+    let e = Gpt2LmHeadModel::from_pretrained(
+        &fixture("models/tiny-llama"),
+        &Device::flex(),
+        DType::F32,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("model_type") || e.contains("config.json"), "{e}");
 }

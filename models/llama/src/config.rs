@@ -172,7 +172,10 @@ impl LlamaConfig {
 
     /// End-of-sequence ids.
     pub fn eos_ids(&self) -> Vec<u32> {
-        self.eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default()
+        self.eos_token_id
+            .as_ref()
+            .map(TokenIds::to_vec)
+            .unwrap_or_default()
     }
 
     /// Reject what this implementation does not compute.

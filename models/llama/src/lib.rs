@@ -79,7 +79,11 @@ impl LlamaForCausalLM {
         let mut new = Vec::new();
         let mut feed = prompt.to_vec();
         while new.len() < config.max_new_tokens && !feed.is_empty() {
-            let input = if use_cache { feed.clone() } else { sequence.clone() };
+            let input = if use_cache {
+                feed.clone()
+            } else {
+                sequence.clone()
+            };
             let batch = TokenBatch::right_padded(&[input], 0);
             let logits = self.forward(
                 &batch,
@@ -94,7 +98,11 @@ impl LlamaForCausalLM {
             let token = sampler.next(&row);
             new.push(token);
             sequence.push(token);
-            feed = if sampler.is_stop(token) { Vec::new() } else { vec![token] };
+            feed = if sampler.is_stop(token) {
+                Vec::new()
+            } else {
+                vec![token]
+            };
         }
         Ok(new)
     }

@@ -73,7 +73,12 @@ struct Context<'a> {
 }
 
 impl Attention {
-    fn forward(&self, x: Tensor<3>, ctx: &Context<'_>, cache: Option<&mut Option<LayerCache>>) -> Tensor<3> {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        ctx: &Context<'_>,
+        cache: Option<&mut Option<LayerCache>>,
+    ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (h, kvh, d) = (self.heads, self.kv_heads, self.head_dim);
         let split = |y: Tensor<3>, n| y.reshape([b, t, n, d]).swap_dims(1, 2);
@@ -132,9 +137,20 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn forward(&self, x: Tensor<3>, ctx: &Context<'_>, cache: Option<&mut Option<LayerCache>>) -> Tensor<3> {
-        let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), ctx, cache);
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h), ctx.mode)
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        ctx: &Context<'_>,
+        cache: Option<&mut Option<LayerCache>>,
+    ) -> Tensor<3> {
+        let h = x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), ctx, cache);
+        h.clone()
+            + self
+                .mlp
+                .forward(self.post_attention_layernorm.forward(h), ctx.mode)
     }
 }
 
@@ -184,9 +200,27 @@ impl LlamaForCausalLM {
                 },
                 post_attention_layernorm: norm(),
                 mlp: Mlp {
-                    gate_proj: frozen_linear(config.intermediate_size, hd, config.mlp_bias, device, dtype),
-                    up_proj: frozen_linear(config.intermediate_size, hd, config.mlp_bias, device, dtype),
-                    down_proj: frozen_linear(hd, config.intermediate_size, config.mlp_bias, device, dtype),
+                    gate_proj: frozen_linear(
+                        config.intermediate_size,
+                        hd,
+                        config.mlp_bias,
+                        device,
+                        dtype,
+                    ),
+                    up_proj: frozen_linear(
+                        config.intermediate_size,
+                        hd,
+                        config.mlp_bias,
+                        device,
+                        dtype,
+                    ),
+                    down_proj: frozen_linear(
+                        hd,
+                        config.intermediate_size,
+                        config.mlp_bias,
+                        device,
+                        dtype,
+                    ),
                 },
             })
             .collect();
@@ -216,7 +250,12 @@ impl LlamaForCausalLM {
     ///
     /// Positions count real tokens only (`cumsum(mask) − 1`, as transformers derives
     /// `position_ids` from the attention mask), so left and right padding both work.
-    pub fn forward(&self, batch: &TokenBatch, mode: ForwardMode, mut cache: Option<&mut KvCache>) -> Tensor<3> {
+    pub fn forward(
+        &self,
+        batch: &TokenBatch,
+        mode: ForwardMode,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
         let device = self.model.embed_tokens.weight.val().device();
         let cfg = self.config();
         let [b, t] = batch.dims;
@@ -259,7 +298,11 @@ impl LlamaForCausalLM {
         let x = self.model.norm.forward(x);
         match &self.lm_head {
             Some(head) => head.forward_mode(x, mode),
-            None => burn::tensor::module::linear(x, self.model.embed_tokens.weight.val().transpose(), None),
+            None => burn::tensor::module::linear(
+                x,
+                self.model.embed_tokens.weight.val().transpose(),
+                None,
+            ),
         }
     }
 }

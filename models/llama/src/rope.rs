@@ -1,7 +1,7 @@
 //! Rotary position embeddings in Hugging Face's rotate-half layout, with `linear` and
 //! `llama3` frequency scaling.
 
-use burn::tensor::{Device, DType, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use crate::config::LlamaConfig;
 
@@ -72,9 +72,8 @@ impl Rope {
                 }
             }
         }
-        let make = |v: Vec<f32>| {
-            Tensor::<4>::from_data(TensorData::new(v, [b, 1, t, d]), (device, dtype))
-        };
+        let make =
+            |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [b, 1, t, d]), (device, dtype));
         (make(cos), make(sin))
     }
 }

@@ -12,7 +12,12 @@ use balora_testkit::{asset, fixture, values};
 use burn::tensor::{DType, Device};
 
 fn ints(file: &SafetensorsFile, key: &str) -> Vec<u32> {
-    file.values::<i64>(key).unwrap().0.into_iter().map(|v| v as u32).collect()
+    file.values::<i64>(key)
+        .unwrap()
+        .0
+        .into_iter()
+        .map(|v| v as u32)
+        .collect()
 }
 
 fn floats(file: &SafetensorsFile, key: &str) -> (Vec<f64>, Vec<usize>) {
@@ -86,7 +91,13 @@ fn reference() -> SafetensorsFile {
 }
 
 /// Compare our logits with the fixture's top-50 (values at the reference's indices).
-fn check_top50(got: &[f64], v: usize, values_: &[f64], indices: &[u32], positions: &[usize]) -> f64 {
+fn check_top50(
+    got: &[f64],
+    v: usize,
+    values_: &[f64],
+    indices: &[u32],
+    positions: &[usize],
+) -> f64 {
     let mut err = 0.0f64;
     for &p in positions {
         for k in 0..50 {
@@ -137,16 +148,21 @@ fn smollm2_logits_match_transformers() {
 fn smollm2_tokenizer_and_chat_template_match_python() {
     let (_, dir) = smollm2();
     let tokenizer = load_tokenizer(&dir).unwrap();
-    let template = ChatTemplate::load(&dir).unwrap().expect("SmolLM2 has a chat template");
-    let prompts: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(fixture("models/smollm2/prompts.json")).unwrap(),
-    )
-    .unwrap();
+    let template = ChatTemplate::load(&dir)
+        .unwrap()
+        .expect("SmolLM2 has a chat template");
+    let prompts: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("models/smollm2/prompts.json")).unwrap())
+            .unwrap();
     let file = reference();
     let texts = prompts["texts"].as_array().expect("prompts.json: texts");
     for (i, text) in texts.iter().enumerate() {
         let enc = tokenizer.encode(text.as_str().unwrap(), false).unwrap();
-        assert_eq!(enc.get_ids(), ints(&file, &format!("ids.{i}")).as_slice(), "prompt {i}");
+        assert_eq!(
+            enc.get_ids(),
+            ints(&file, &format!("ids.{i}")).as_slice(),
+            "prompt {i}"
+        );
     }
     let chats = prompts["chats"].as_array().expect("prompts.json: chats");
     for (i, chat) in chats.iter().enumerate() {
@@ -158,7 +174,11 @@ fn smollm2_tokenizer_and_chat_template_match_python() {
             .collect();
         let rendered = template.render(&messages, true).unwrap();
         let enc = tokenizer.encode(rendered.as_str(), false).unwrap();
-        assert_eq!(enc.get_ids(), ints(&file, &format!("gen_prompt.{i}")).as_slice(), "chat {i}");
+        assert_eq!(
+            enc.get_ids(),
+            ints(&file, &format!("gen_prompt.{i}")).as_slice(),
+            "chat {i}"
+        );
     }
 }
 
@@ -185,19 +205,42 @@ fn smollm2_adapters_start_from_the_base_model() {
     let (base, dir) = smollm2();
     let batch = TokenBatch::right_padded(&[vec![1, 4093, 198, 1780, 314, 260]], 0);
     let want = values(base.logits(&batch, ForwardMode::Adapted));
-    let all = TargetModules::names(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]);
-    for (init, tol) in [(InitMode::Gaussian, 0.0), (InitMode::PissaFast { niter: 4 }, 1e-3)] {
+    let all = TargetModules::names([
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ]);
+    for (init, tol) in [
+        (InitMode::Gaussian, 0.0),
+        (InitMode::PissaFast { niter: 4 }, 1e-3),
+    ] {
         let model = LlamaForCausalLM::from_pretrained(&dir, &Device::flex(), DType::F32).unwrap();
         let cfg = LoraConfig::new(8, all.clone()).with_init(init);
         let (model, report) = inject(model, &cfg).unwrap();
         assert_eq!(report.adapted.len(), 30 * 7);
         let got = values(model.logits(&batch, ForwardMode::Adapted));
-        let err = got.iter().zip(&want).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
-        assert!(err <= tol, "{init:?}: adapted logits differ from the base by {err:e}");
+        let err = got
+            .iter()
+            .zip(&want)
+            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            err <= tol,
+            "{init:?}: adapted logits differ from the base by {err:e}"
+        );
         // the teacher is the pretrained model too
         let teacher = values(model.logits(&batch, ForwardMode::Teacher));
-        let err = teacher.iter().zip(&want).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
-        assert!(err <= tol.max(1e-4), "{init:?}: teacher differs from the base by {err:e}");
+        let err = teacher
+            .iter()
+            .zip(&want)
+            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            err <= tol.max(1e-4),
+            "{init:?}: teacher differs from the base by {err:e}"
+        );
     }
 }
 
@@ -223,7 +266,10 @@ fn rewrite_weights(dir: &Path, f: impl Fn(&str, Vec<usize>) -> Option<(String, V
         let shape = file.shape(&name).unwrap();
         if let Some((new_name, new_shape)) = f(&name, shape) {
             let n: usize = new_shape.iter().product();
-            out.insert(new_name, burn::tensor::TensorData::new(vec![0.0f32; n], new_shape));
+            out.insert(
+                new_name,
+                burn::tensor::TensorData::new(vec![0.0f32; n], new_shape),
+            );
         }
     }
     balora_io::tensors::write_safetensors(&path, &out).unwrap();
@@ -232,15 +278,30 @@ fn rewrite_weights(dir: &Path, f: impl Fn(&str, Vec<usize>) -> Option<(String, V
 #[test]
 fn bad_checkpoints_are_reported_with_file_key_and_shapes() {
     let key = "model.layers.0.self_attn.q_proj.weight";
-    let (_t, e) = broken_copy(|d| rewrite_weights(d, |n, s| (n != key).then(|| (n.to_string(), s))));
-    assert!(e.contains("model.safetensors") && e.contains(key) && e.contains("missing"), "{e}");
+    let (_t, e) =
+        broken_copy(|d| rewrite_weights(d, |n, s| (n != key).then(|| (n.to_string(), s))));
+    assert!(
+        e.contains("model.safetensors") && e.contains(key) && e.contains("missing"),
+        "{e}"
+    );
     let (_t, e) = broken_copy(|d| {
-        rewrite_weights(d, |n, s| Some(if n == key { (n.to_string(), vec![5, 32]) } else { (n.to_string(), s) }))
+        rewrite_weights(d, |n, s| {
+            Some(if n == key {
+                (n.to_string(), vec![5, 32])
+            } else {
+                (n.to_string(), s)
+            })
+        })
     });
-    assert!(e.contains(key) && e.contains("[5, 32]") && e.contains("[32, 32]"), "{e}");
+    assert!(
+        e.contains(key) && e.contains("[5, 32]") && e.contains("[32, 32]"),
+        "{e}"
+    );
     let (_t, e) = broken_copy(|d| {
         let p = d.join("config.json");
-        let c = std::fs::read_to_string(&p).unwrap().replace("\"llama\"", "\"falcon\"");
+        let c = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("\"llama\"", "\"falcon\"");
         std::fs::write(p, c).unwrap();
     });
     assert!(e.contains("model_type") && e.contains("falcon"), "{e}");
@@ -252,11 +313,17 @@ fn bad_checkpoints_are_reported_with_file_key_and_shapes() {
     assert!(e.contains("model.safetensors"), "{e}");
     let (_t, e) = broken_copy(|d| std::fs::remove_file(d.join("config.json")).unwrap());
     assert!(e.contains("config.json"), "{e}");
-    let e = load_tokenizer(&fixture("models/tiny-llama")).unwrap_err().to_string();
-    assert!(e.contains("tokenizer.json"), "{e}");
-    let e = LlamaForCausalLM::from_pretrained(Path::new("/nonexistent/model"), &Device::flex(), DType::F32)
+    let e = load_tokenizer(&fixture("models/tiny-llama"))
         .unwrap_err()
         .to_string();
+    assert!(e.contains("tokenizer.json"), "{e}");
+    let e = LlamaForCausalLM::from_pretrained(
+        Path::new("/nonexistent/model"),
+        &Device::flex(),
+        DType::F32,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("/nonexistent/model"), "{e}");
 }
 
@@ -265,7 +332,13 @@ fn bad_checkpoints_are_reported_with_file_key_and_shapes() {
 #[ignore = "timing report: cargo test -p balora-llama --release --test reference -- --ignored --nocapture"]
 fn smollm2_forward_time_4x128() {
     let (model, _) = smollm2();
-    let seqs: Vec<Vec<u32>> = (0..4).map(|i| (0..128).map(|t| ((t * 7 + i * 13) % 4000 + 100) as u32).collect()).collect();
+    let seqs: Vec<Vec<u32>> = (0..4)
+        .map(|i| {
+            (0..128)
+                .map(|t| ((t * 7 + i * 13) % 4000 + 100) as u32)
+                .collect()
+        })
+        .collect();
     let batch = TokenBatch::right_padded(&seqs, 0);
     let _ = values(model.logits(&batch, ForwardMode::Adapted).narrow(1, 0, 1));
     let mut times = Vec::new();
@@ -275,5 +348,8 @@ fn smollm2_forward_time_4x128() {
         times.push(t.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
-    println!("SmolLM2 forward 4×128 on flex: median {:.3} s ({times:?})", times[1]);
+    println!(
+        "SmolLM2 forward 4×128 on flex: median {:.3} s ({times:?})",
+        times[1]
+    );
 }
