@@ -128,7 +128,7 @@ struct Options {
     /// Maximum tokens per example (longer ones are truncated, with a count).
     #[arg(long)]
     max_len: Option<usize>,
-    /// Optimizer steps (overrides --epochs).
+    /// Optimizer steps (overrides --epochs; default 20, a short demonstration run).
     #[arg(long)]
     max_steps: Option<usize>,
     /// Epochs over the training set (used when --max-steps is absent).
@@ -354,13 +354,16 @@ fn device_and_dtype(o: &Options) -> Result<(Device, DType)> {
     Ok((device, dtype))
 }
 
+/// `--max-steps`, else `--epochs` over the data, else a short demonstration run of 20 steps
+/// (a few minutes on two CPU cores).
 fn steps_for(o: &Options, examples: usize, batch: usize, accum: usize) -> usize {
-    o.max_steps.unwrap_or_else(|| {
-        let epochs = o.epochs.unwrap_or(1.0);
-        ((examples as f64 * epochs) / (batch * accum) as f64)
+    match (o.max_steps, o.epochs) {
+        (Some(steps), _) => steps,
+        (None, Some(epochs)) => ((examples as f64 * epochs) / (batch * accum) as f64)
             .ceil()
-            .max(1.0) as usize
-    })
+            .max(1.0) as usize,
+        (None, None) => 20,
+    }
 }
 
 fn main() -> Result<()> {
@@ -409,7 +412,7 @@ fn run_nlg(o: &Options, method: &str) -> Result<()> {
         .context("config.json has no eos_token_id")?;
     let pad = base.config().pad_token_id.unwrap_or(eos);
     let eval_records = read_nlg_jsonl(&eval_path)?;
-    let eval_records = &eval_records[..eval_records.len().min(o.eval_limit.unwrap_or(20))];
+    let eval_records = &eval_records[..eval_records.len().min(o.eval_limit.unwrap_or(8))];
     let evaluate = |model: &LlamaForCausalLM| -> Result<f64> {
         let model = model.valid();
         let mut correct = 0;
@@ -552,8 +555,7 @@ fn run_nlu(o: &Options, method: &str) -> Result<()> {
         lr: o.lr.unwrap_or(5e-4),
         ..lc
     };
-    let steps =
-        steps_for(o, examples.len(), lc.batch_size, lc.grad_accum).min(o.max_steps.unwrap_or(200));
+    let steps = steps_for(o, examples.len(), lc.batch_size, lc.grad_accum);
     let lc = LoopConfig {
         max_steps: steps,
         ..lc

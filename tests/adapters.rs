@@ -424,13 +424,20 @@ mod wgpu {
 fn pissa_init_time_4096() {
     let d = Device::flex();
     let n = 4096;
-    let w = Tensor::<2>::random([n, n], balora::burn::tensor::Distribution::Normal(0.0, 0.02), &d);
+    let w = Tensor::<2>::random(
+        [n, n],
+        balora::burn::tensor::Distribution::Normal(0.0, 0.02),
+        &d,
+    );
     for init in [InitMode::PissaFast { niter: 4 }, InitMode::Pissa] {
         let mut l = LoraLinear::new(w.clone(), None);
         let cfg = LoraConfig::new(16, TargetModules::names(["l"])).with_init(init);
         let t = std::time::Instant::now();
         l.attach("l", &cfg).unwrap();
         let _ = values(l.weight.val().narrow(0, 0, 1));
-        println!("PiSSA {init:?} on {n}×{n}, r = 16: {:.2} s", t.elapsed().as_secs_f64());
+        println!(
+            "PiSSA {init:?} on {n}×{n}, r = 16: {:.2} s",
+            t.elapsed().as_secs_f64()
+        );
     }
 }

@@ -367,7 +367,11 @@ fn balora_term_costs() {
     let cfg = LoraConfig::new(8, TargetModules::names(["q_proj", "v_proj"]));
     let (model, _) = inject(model, &cfg).unwrap();
     let seqs: Vec<Vec<u32>> = (0..4)
-        .map(|i| (0..128).map(|t| ((t * 7 + i * 13) % 4000 + 100) as u32).collect())
+        .map(|i| {
+            (0..128)
+                .map(|t| ((t * 7 + i * 13) % 4000 + 100) as u32)
+                .collect()
+        })
         .collect();
     let batch = TokenBatch::right_padded(&seqs, 0);
     let labels: Vec<i64> = batch.input_ids.iter().map(|&t| t as i64).collect();
@@ -400,20 +404,41 @@ fn balora_term_costs() {
     let paper = RegularizerConfig::paper(Task::Nlg);
     let iclr = RegularizerConfig::iclr2026();
     let leaf = || z.clone().detach().require_grad();
-    let mut rows: Vec<(&str, f64)> = vec![("LoRA forward+backward (q,v, r=8)", lora), ("teacher forward (no grad)", teacher)];
+    let mut rows: Vec<(&str, f64)> = vec![
+        ("LoRA forward+backward (q,v, r=8)", lora),
+        ("teacher forward (no grad)", teacher),
+    ];
     let mut time = |name: &'static str, f: &dyn Fn(Tensor<3>) -> Tensor<1>| {
         let t = median(&mut || {
             let _ = f(leaf()).backward();
         });
         rows.push((name, t));
     };
-    time("paper consistency (KL, batch-sum)", &|s| nlg::consistency(s, z.clone(), &full, KlReduction::BatchSum, 1.0).unwrap().unwrap());
-    time("paper diversity (entropy, ε)", &|s| nlg::diversity(s, &full, 0, 1e-10).unwrap().unwrap());
-    time("paper SVD (per-sample, k=3)", &|s| nlg::svd(s, &full, &paper).unwrap().unwrap());
-    time("iclr2026 consistency (τ=2, masked)", &|s| nlg::consistency(s, z.clone(), &resp, KlReduction::TokenMean, 2.0).unwrap().unwrap());
-    time("iclr2026 diversity (top-20 entropy)", &|s| nlg::diversity(s, &resp, 20, 0.0).unwrap().unwrap());
-    time("iclr2026 SVD (randomized, k=10)", &|s| nlg::svd(s, &resp, &iclr).unwrap().unwrap());
-    println!("| step part (SmolLM2, 4×128, flex, 2 threads) | median s | × LoRA step |\n|---|---|---|");
+    time("paper consistency (KL, batch-sum)", &|s| {
+        nlg::consistency(s, z.clone(), &full, KlReduction::BatchSum, 1.0)
+            .unwrap()
+            .unwrap()
+    });
+    time("paper diversity (entropy, ε)", &|s| {
+        nlg::diversity(s, &full, 0, 1e-10).unwrap().unwrap()
+    });
+    time("paper SVD (per-sample, k=3)", &|s| {
+        nlg::svd(s, &full, &paper).unwrap().unwrap()
+    });
+    time("iclr2026 consistency (τ=2, masked)", &|s| {
+        nlg::consistency(s, z.clone(), &resp, KlReduction::TokenMean, 2.0)
+            .unwrap()
+            .unwrap()
+    });
+    time("iclr2026 diversity (top-20 entropy)", &|s| {
+        nlg::diversity(s, &resp, 20, 0.0).unwrap().unwrap()
+    });
+    time("iclr2026 SVD (randomized, k=10)", &|s| {
+        nlg::svd(s, &resp, &iclr).unwrap().unwrap()
+    });
+    println!(
+        "| step part (SmolLM2, 4×128, flex, 2 threads) | median s | × LoRA step |\n|---|---|---|"
+    );
     for (name, t) in rows {
         println!("| {name} | {t:.3} | {:.2} |", t / lora);
     }
