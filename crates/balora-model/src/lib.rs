@@ -10,8 +10,30 @@ pub mod generation;
 pub use generation::{GenerationConfig, Sampler};
 
 use balora_adapters::{AdapterSlots, ForwardMode};
+use balora_io::IoError;
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
+
+/// Loading or running a model failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A file could not be read or does not fit the model.
+    #[error(transparent)]
+    Io(#[from] IoError),
+    /// A `config.json` value the implementation does not support.
+    #[error("config.json: {key} = {value:?} is not supported (expected {expected})")]
+    UnsupportedConfig {
+        /// The key.
+        key: &'static str,
+        /// The value found.
+        value: String,
+        /// What is supported.
+        expected: &'static str,
+    },
+    /// Logits could not be read back from the device.
+    #[error("reading logits from the device failed: {0}")]
+    Readback(String),
+}
 
 /// A batch of token sequences, right-padded to a common length, kept on the host: models
 /// build their attention masks and position ids from it, losses read the labels from it.

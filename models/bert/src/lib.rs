@@ -10,33 +10,14 @@
 use std::path::Path;
 
 use balora_adapters::{AdapterSlots, ForwardMode, LoraLinear};
-use balora_io::{HfCheckpoint, IoError, LoadOptions};
+use balora_io::{HfCheckpoint, LoadOptions};
 use balora_model::attention::{AttentionMask, scaled_dot_product};
-use balora_model::{SequenceClassifier, TokenBatch};
+use balora_model::{ModelError, SequenceClassifier, TokenBatch};
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig};
 use burn::tensor::activation::gelu;
 use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
 use serde::Deserialize;
-use thiserror::Error;
-
-/// Loading a BERT-family checkpoint failed.
-#[derive(Debug, Error)]
-pub enum BertError {
-    /// A file could not be read or does not fit the model.
-    #[error(transparent)]
-    Io(#[from] IoError),
-    /// A `config.json` value this implementation does not support.
-    #[error("config.json: {key} = {value:?} is not supported (expected {expected})")]
-    UnsupportedConfig {
-        /// The key.
-        key: &'static str,
-        /// The value found.
-        value: String,
-        /// What is supported.
-        expected: &'static str,
-    },
-}
 
 /// The fields of a BERT-family `config.json` this implementation reads.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -406,21 +387,21 @@ impl BertForSequenceClassification {
         num_labels: Option<usize>,
         device: &Device,
         dtype: DType,
-    ) -> Result<Self, BertError> {
+    ) -> Result<Self, ModelError> {
         let checkpoint = HfCheckpoint::open(dir)?;
         let config: BertConfig = checkpoint.config()?;
         if !matches!(
             config.model_type.as_str(),
             "bert" | "roberta" | "xlm-roberta"
         ) {
-            return Err(BertError::UnsupportedConfig {
+            return Err(ModelError::UnsupportedConfig {
                 key: "model_type",
                 value: config.model_type,
                 expected: "bert, roberta or xlm-roberta",
             });
         }
         if config.hidden_act != "gelu" {
-            return Err(BertError::UnsupportedConfig {
+            return Err(ModelError::UnsupportedConfig {
                 key: "hidden_act",
                 value: config.hidden_act,
                 expected: "gelu",
@@ -526,7 +507,7 @@ fn regex_escape(s: &str) -> String {
     s.replace('.', r"\.")
 }
 
-fn has_key(checkpoint: &HfCheckpoint, prefix: &str) -> Result<bool, BertError> {
+fn has_key(checkpoint: &HfCheckpoint, prefix: &str) -> Result<bool, ModelError> {
     for shard in checkpoint.shards() {
         let f = balora_io::tensors::SafetensorsFile::open(shard)?;
         if f.names().iter().any(|n| n.starts_with(prefix)) {
@@ -537,7 +518,7 @@ fn has_key(checkpoint: &HfCheckpoint, prefix: &str) -> Result<bool, BertError> {
 }
 
 /// `bert.`, `roberta.` or `` — whatever the checkpoint's encoder keys start with.
-fn detect_prefix(checkpoint: &HfCheckpoint) -> Result<String, BertError> {
+fn detect_prefix(checkpoint: &HfCheckpoint) -> Result<String, ModelError> {
     for p in ["bert.", "roberta."] {
         if has_key(checkpoint, &format!("{p}embeddings."))? {
             return Ok(p.to_string());

@@ -9,33 +9,14 @@
 use std::path::Path;
 
 use balora_adapters::{AdapterSlots, ForwardMode, LoraLinear};
-use balora_io::{HfCheckpoint, IoError, LoadOptions};
+use balora_io::{HfCheckpoint, LoadOptions};
 use balora_model::attention::{AttentionMask, scaled_dot_product};
-use balora_model::{CausalLm, TokenBatch};
+use balora_model::{CausalLm, ModelError, TokenBatch};
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig};
 use burn::tensor::activation::gelu_approximate;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use serde::Deserialize;
-use thiserror::Error;
-
-/// Loading a GPT-2 checkpoint failed.
-#[derive(Debug, Error)]
-pub enum Gpt2Error {
-    /// A file could not be read or does not fit the model.
-    #[error(transparent)]
-    Io(#[from] IoError),
-    /// A `config.json` value this implementation does not support.
-    #[error("config.json: {key} = {value:?} is not supported (expected {expected})")]
-    UnsupportedConfig {
-        /// The key.
-        key: &'static str,
-        /// The value found.
-        value: String,
-        /// What is supported.
-        expected: &'static str,
-    },
-}
 
 /// The fields of a GPT-2 `config.json` this implementation reads.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -191,18 +172,18 @@ impl Gpt2LmHeadModel {
     }
 
     /// Load a GPT-2 checkpoint directory onto `device` in `dtype`, frozen.
-    pub fn from_pretrained(dir: &Path, device: &Device, dtype: DType) -> Result<Self, Gpt2Error> {
+    pub fn from_pretrained(dir: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
         let checkpoint = HfCheckpoint::open(dir)?;
         let config: Gpt2Config = checkpoint.config()?;
         if config.model_type != "gpt2" {
-            return Err(Gpt2Error::UnsupportedConfig {
+            return Err(ModelError::UnsupportedConfig {
                 key: "model_type",
                 value: config.model_type,
                 expected: "gpt2",
             });
         }
         if config.activation_function != "gelu_new" {
-            return Err(Gpt2Error::UnsupportedConfig {
+            return Err(ModelError::UnsupportedConfig {
                 key: "activation_function",
                 value: config.activation_function,
                 expected: "gelu_new",

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::LlamaError;
+use balora_model::ModelError;
 
 /// RoPE frequency scaling (`rope_scaling` in transformers 4, `rope_parameters` in 5).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -179,16 +179,16 @@ impl LlamaConfig {
     }
 
     /// Reject what this implementation does not compute.
-    pub fn validate(&self) -> Result<(), LlamaError> {
+    pub fn validate(&self) -> Result<(), ModelError> {
         if !matches!(self.model_type.as_str(), "llama" | "mistral" | "qwen2") {
-            return Err(LlamaError::UnsupportedConfig {
+            return Err(ModelError::UnsupportedConfig {
                 key: "model_type",
                 value: self.model_type.clone(),
                 expected: "llama, mistral or qwen2",
             });
         }
         if self.hidden_act != "silu" {
-            return Err(LlamaError::UnsupportedConfig {
+            return Err(ModelError::UnsupportedConfig {
                 key: "hidden_act",
                 value: self.hidden_act.clone(),
                 expected: "silu",
@@ -197,14 +197,14 @@ impl LlamaConfig {
         if let Some(r) = self.rope()
             && !matches!(r.rope_type.as_str(), "default" | "linear" | "llama3")
         {
-            return Err(LlamaError::UnsupportedConfig {
+            return Err(ModelError::UnsupportedConfig {
                 key: "rope_type",
                 value: r.rope_type.clone(),
                 expected: "default, linear or llama3",
             });
         }
         if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
-            return Err(LlamaError::UnsupportedConfig {
+            return Err(ModelError::UnsupportedConfig {
                 key: "num_key_value_heads",
                 value: self.kv_heads().to_string(),
                 expected: "a divisor of num_attention_heads",

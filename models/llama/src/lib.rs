@@ -22,39 +22,17 @@ mod rope;
 use std::path::Path;
 
 use balora_adapters::ForwardMode;
-use balora_io::{HfCheckpoint, IoError, LoadOptions};
-use balora_model::{GenerationConfig, Sampler, TokenBatch};
+use balora_io::{HfCheckpoint, LoadOptions};
+use balora_model::{GenerationConfig, ModelError, Sampler, TokenBatch};
 use burn::tensor::{DType, Device};
-use thiserror::Error;
 
 pub use config::{LlamaConfig, RopeScaling, TokenIds};
 pub use model::{Attention, DecoderLayer, KvCache, LlamaForCausalLM, LlamaModel, Mlp};
 
-/// Loading or configuring a Llama-family model failed.
-#[derive(Debug, Error)]
-pub enum LlamaError {
-    /// A file could not be read or does not fit the model.
-    #[error(transparent)]
-    Io(#[from] IoError),
-    /// Logits could not be read back from the device.
-    #[error("reading logits from the device failed: {0}")]
-    Readback(String),
-    /// A `config.json` value this implementation does not support.
-    #[error("config.json: {key} = {value:?} is not supported (expected {expected})")]
-    UnsupportedConfig {
-        /// The key.
-        key: &'static str,
-        /// The value found.
-        value: String,
-        /// What is supported.
-        expected: &'static str,
-    },
-}
-
 impl LlamaForCausalLM {
     /// Load `config.json` and the (possibly sharded) safetensors of `dir` onto `device`,
     /// casting weights to `dtype`. All weights are frozen; attach adapters afterwards.
-    pub fn from_pretrained(dir: &Path, device: &Device, dtype: DType) -> Result<Self, LlamaError> {
+    pub fn from_pretrained(dir: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
         let checkpoint = HfCheckpoint::open(dir)?;
         let config: LlamaConfig = checkpoint.config()?;
         config.validate()?;
@@ -72,7 +50,7 @@ impl LlamaForCausalLM {
         prompt: &[u32],
         config: &GenerationConfig,
         use_cache: bool,
-    ) -> Result<Vec<u32>, LlamaError> {
+    ) -> Result<Vec<u32>, ModelError> {
         let mut sampler = Sampler::new(config);
         let mut cache = KvCache::default();
         let mut sequence = prompt.to_vec();
@@ -94,7 +72,7 @@ impl LlamaForCausalLM {
             let last = logits.narrow(1, t - 1, 1).reshape([v]);
             let row: Vec<f32> = last
                 .try_into_vec_as::<f32>()
-                .map_err(|e| LlamaError::Readback(e.to_string()))?;
+                .map_err(|e| ModelError::Readback(e.to_string()))?;
             let token = sampler.next(&row);
             new.push(token);
             sequence.push(token);
