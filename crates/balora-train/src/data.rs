@@ -36,6 +36,8 @@ pub struct NluRecord {
     pub text_pair: Option<String>,
     /// The label as written in the file.
     pub label: String,
+    /// 1-based line of the record in its file, for error messages.
+    pub line: usize,
 }
 
 fn read_text(path: &Path) -> Result<String, TrainError> {
@@ -157,6 +159,7 @@ pub fn read_nlu(path: &Path) -> Result<Vec<NluRecord>, TrainError> {
                     text: get(text_col)?,
                     text_pair: pair_col.map(get).transpose()?,
                     label: get(label_col)?,
+                    line: i + 1,
                 });
             }
         }
@@ -182,6 +185,7 @@ pub fn read_nlu(path: &Path) -> Result<Vec<NluRecord>, TrainError> {
                     text: text.to_string(),
                     text_pair: field(obj, &["text_pair", "sentence2"]).map(str::to_string),
                     label,
+                    line: i + 1,
                 });
             }
         }
@@ -346,10 +350,10 @@ pub fn tokenize_nlu(
 ) -> Result<(Vec<Example>, usize), TrainError> {
     let mut out = Vec::with_capacity(records.len());
     let mut truncated = 0;
-    for (i, r) in records.iter().enumerate() {
+    for r in records {
         let id = labels.id(&r.label).ok_or_else(|| TrainError::Data {
             path: path.to_path_buf(),
-            line: i + 2,
+            line: r.line,
             reason: format!(
                 "label {:?} is outside the class set {:?}",
                 r.label,

@@ -34,6 +34,9 @@ pub struct StepMetrics {
     pub grad_norm: f64,
     /// Tokens per second over this step.
     pub tokens_per_s: f64,
+    /// Wall-clock seconds of this step (forward, backward, clipping and AdamW).
+    #[serde(default)]
+    pub step_s: f64,
 }
 
 /// Appends step metrics to `metrics.jsonl`, flushing every line.
@@ -87,6 +90,20 @@ impl MetricsLog {
             })?;
         Ok(())
     }
+}
+
+/// Peak resident set size of this process in MB (Linux `VmHWM`, what `getrusage`'s
+/// `ru_maxrss` reports too), or `None` where `/proc` does not say.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse::<f64>()
+        .ok()?;
+    Some(kb / 1024.0)
 }
 
 /// Read back a `metrics.jsonl`.

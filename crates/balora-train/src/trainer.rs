@@ -305,6 +305,7 @@ where
             lr,
             grad_norm,
             tokens_per_s: tokens as f64 / elapsed.max(1e-9),
+            step_s: elapsed,
         };
         log.write(&m)?;
         bar.set_message(format!(

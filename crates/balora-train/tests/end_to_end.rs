@@ -12,8 +12,8 @@ use balora_io::{SaveOptions, load_adapter, save_adapter};
 use balora_llama::LlamaForCausalLM;
 use balora_losses::{BaLoraLoss, RegularizerConfig, Task};
 use balora_model::{CausalLm, GenerationConfig, SequenceClassifier, TokenBatch};
-use balora_testkit::fixture;
-use balora_train::data::{Example, read_nlg_jsonl, read_nlu};
+use balora_testkit::{asset, fixture};
+use balora_train::data::{Example, LabelSet, read_nlg_jsonl, read_nlu, tokenize_nlu};
 use balora_train::metrics::read_metrics;
 use balora_train::optim::AdamWConfig;
 use balora_train::schedule::LrSchedule;
@@ -270,4 +270,23 @@ fn bad_data_names_the_file_and_line() {
     );
     let r = read_nlu(&csv).unwrap();
     assert_eq!((r[0].text.as_str(), r[0].label.as_str()), ("a, b", "pos"));
+    // a held-out label the training set never had: named with its file, line and the class set
+    let train_set = write(
+        "train.jsonl",
+        "{\"text\": \"good\", \"label\": \"pos\"}\n{\"text\": \"bad\", \"label\": \"neg\"}\n",
+    );
+    let eval_set = write(
+        "eval.jsonl",
+        "{\"text\": \"fine\", \"label\": \"pos\"}\n\n{\"text\": \"meh\", \"label\": \"neutral\"}\n",
+    );
+    let labels = LabelSet::from_records(&read_nlu(&train_set).unwrap());
+    let tokenizer = balora_io::load_tokenizer(&asset("models/all-MiniLM-L6-v2")).unwrap();
+    let records = read_nlu(&eval_set).unwrap();
+    let e = tokenize_nlu(&records, &tokenizer, &labels, 32, &eval_set)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("eval.jsonl:3") && e.contains("\"neutral\"") && e.contains("[\"neg\", \"pos\"]"),
+        "{e}"
+    );
 }

@@ -1,0 +1,91 @@
+//! One unit of benchmark work, described as JSON so that the same description drives our
+//! worker (`bench --worker '<json>'`) and the PyTorch + PEFT reference
+//! (`python bench/reference/bench.py '<json>'`). Each side runs one job per process, so peak
+//! memory is per job, and prints one JSON result line on stdout.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Methods of the training-step table (the same names on both sides).
+pub const METHODS: [&str; 6] = [
+    "lora",
+    "lora-all",
+    "pissa",
+    "balora-paper",
+    "balora-iclr2026",
+    "monteclora",
+];
+
+/// A benchmark job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Job {
+    /// `warmup + steps` optimizer steps of `method` on a fixed batch of `batch × seq` tokens.
+    Train {
+        model_dir: PathBuf,
+        method: String,
+        steps: usize,
+        warmup: usize,
+        batch: usize,
+        seq: usize,
+        rank: usize,
+        seed: u64,
+    },
+    /// `y = x·W` with `x [m, k]`, `W [k, n]`, then the gradients of `sum(y)` for both.
+    Gemm {
+        m: usize,
+        k: usize,
+        n: usize,
+        reps: usize,
+        warmup: usize,
+    },
+    /// PiSSA initialisation of every linear layer (`niter` 0: full SVD).
+    PissaInit {
+        model_dir: PathBuf,
+        niter: usize,
+        rank: usize,
+    },
+}
+
+/// What a side reports for a job (the fields that apply).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Seconds per measured step / repetition (warm-up excluded).
+    #[serde(default)]
+    pub seconds: Vec<f64>,
+    /// Total loss per step, warm-up included (both sides start from the same weights and
+    /// tokens, so step 1 must agree).
+    #[serde(default)]
+    pub loss: Vec<f64>,
+    /// Peak resident memory of the process, MB.
+    #[serde(default)]
+    pub peak_rss_mb: f64,
+    /// Trainable parameters.
+    #[serde(default)]
+    pub trainable: usize,
+    /// Library versions of the side.
+    #[serde(default)]
+    pub versions: String,
+}
+
+/// Median of `xs` (0 for none).
+pub fn median(xs: &[f64]) -> f64 {
+    let mut v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// The token ids of row `b`, position `t` (both sides use this formula, so they see the same
+/// batch without sharing a file).
+pub fn token(b: usize, t: usize, vocab: usize) -> u32 {
+    ((b * 131 + t * 7919 + 17) % vocab) as u32
+}
