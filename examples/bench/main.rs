@@ -5,6 +5,7 @@
 //! cargo run --release --example bench -- --models gpt2-small --methods lora,balora-paper
 //! cargo run --release --example bench -- --no-reference      # balora only
 //! cargo run --example bench -- --smoke                       # 1 step on tiny models (CI)
+//! cargo run --release --example bench -- --render bench/results/<date>.json  # the table again
 //! ```
 //!
 //! Every job (a method's training steps, a PiSSA initialisation, the GEMM ceiling) runs in its
@@ -85,6 +86,9 @@ struct Cli {
     /// Where `<date>.json` and `<date>.png` go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
+    /// Print the table of a results file (`bench/results/<date>.json`) and exit.
+    #[arg(long)]
+    render: Option<PathBuf>,
     /// Run one job (JSON) in this process and print its outcome (used by the orchestrator).
     #[arg(long, hide = true)]
     worker: Option<String>,
@@ -97,6 +101,14 @@ fn main() -> Result<()> {
         let device = balora::parse_device(&cli.device, true)?;
         let outcome = worker::run(&job, &device)?;
         println!("{}", serde_json::to_string(&outcome)?);
+        return Ok(());
+    }
+    if let Some(path) = &cli.render {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let results: Results =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        println!("{}", results.table());
         return Ok(());
     }
     for m in &cli.methods {

@@ -4,9 +4,9 @@
 //! `lora_A [r, in]` / `lora_B [out, r]` then load without transposes, and `x·Wᵀ` is a strided
 //! view on every backend, not a copy.
 
+use balora_kernels::{LowRank, lora_linear};
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig};
-use burn::tensor::module::linear;
 use burn::tensor::{Tensor, assert_shape};
 
 use crate::init::{initial_factors, path_seed};
@@ -63,21 +63,25 @@ impl LoraAdapter {
         self.lora_a.shape().dims::<2>()[0]
     }
 
-    /// `s·(dropout(x)·Aᵀ)·Bᵀ`: the update applied on the activation side, so the dense
-    /// `out×in` ΔW is never formed in the training forward (it would cost a weight-sized
-    /// tensor per layer, kept alive for the backward).
+    /// The low-rank branch `s·(dropout(x)·Aᵀ)·Bᵀ` for a 2-D `x`, applied on the activation
+    /// side, so the dense `out×in` ΔW is never formed in the training forward (it would cost a
+    /// weight-sized tensor per layer, kept alive for the backward).
     ///
     /// With MonteCLoRA and a drawn sample, training (an autodiff input) uses the perturbed
     /// `A + ΔA`; evaluation always uses the mean `A`.
-    fn delta<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+    fn low_rank(&self, x: Tensor<2>) -> LowRank {
         let mut a = self.lora_a.val();
         if x.device().is_autodiff()
             && let Some(perturbation) = self.monteclora.as_ref().and_then(MonteClora::perturbation)
         {
             a = a + perturbation;
         }
-        let h = linear(self.dropout.forward(x), a.transpose(), None);
-        linear(h, self.lora_b.val().transpose(), None).mul_scalar(self.scale)
+        LowRank {
+            input: self.dropout.forward(x),
+            a,
+            b: self.lora_b.val(),
+            scale: self.scale,
+        }
     }
 
     /// The dense update `s·B·A`, `[out, in]` (merging, conversion, tests).
@@ -87,6 +91,24 @@ impl LoraAdapter {
             .matmul(self.lora_a.val())
             .mul_scalar(self.scale)
     }
+}
+
+/// Run a 2-D row map `[N, in] → [N, out]` on `x [..., in]`, giving `[..., out]`: the fused
+/// linear kernels work on matrices, and flattening the leading axes also turns a batched
+/// product into one large GEMM.
+fn on_rows<const D: usize>(x: Tensor<D>, f: impl FnOnce(Tensor<2>) -> Tensor<2>) -> Tensor<D> {
+    let mut dims = x.dims();
+    let d_in = dims[D - 1];
+    let rows = dims[..D - 1].iter().product();
+    let y = f(x.reshape([rows, d_in]));
+    dims[D - 1] = y.dims()[1];
+    y.reshape(dims)
+}
+
+/// `x·Wᵀ` with a frozen `weight [out, in]` (a tied LM head, a frozen projection), on
+/// `x [..., in]`: the fused kernel on flex, which never computes a gradient for `W`.
+pub fn frozen_linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>) -> Tensor<D> {
+    on_rows(x, |x| lora_linear(x, weight, None, None))
 }
 
 /// A linear layer `y = x·Wᵀ + b` with a frozen base and an optional LoRA adapter:
@@ -151,33 +173,39 @@ impl LoraLinear {
     pub fn forward_mode<const D: usize>(&self, x: Tensor<D>, mode: ForwardMode) -> Tensor<D> {
         let [_, d_in] = self.dims();
         assert_shape!(x, [.., d_in]);
-        let base = linear(
-            x.clone(),
-            self.weight.val().transpose(),
-            self.bias.as_ref().map(|b| b.val()),
-        );
-        let Some(adapter) = &self.adapter else {
-            return base;
-        };
-        match mode {
-            ForwardMode::Adapted if adapter.merged => base,
-            ForwardMode::Adapted => base + adapter.delta(x),
-            ForwardMode::Teacher => {
-                let s = adapter.scale;
-                let mut y = base;
-                if adapter.merged {
-                    // The merged weight holds s·B·A; the teacher must not see it.
-                    let h = linear(x.clone(), adapter.lora_a.val().detach().transpose(), None);
-                    y = y - linear(h, adapter.lora_b.val().detach().transpose(), None)
-                        .mul_scalar(s);
+        let bias = self.bias.as_ref().map(|b| b.val());
+        on_rows(x, |x| {
+            let weight = self.weight.val();
+            let Some(adapter) = &self.adapter else {
+                return lora_linear(x, weight, bias, None);
+            };
+            match mode {
+                ForwardMode::Adapted if adapter.merged => lora_linear(x, weight, bias, None),
+                ForwardMode::Adapted => {
+                    let low_rank = adapter.low_rank(x.clone());
+                    lora_linear(x, weight, bias, Some(low_rank))
                 }
-                if let Some(init) = &adapter.initial {
-                    let h = linear(x, init.lora_a.val().transpose(), None);
-                    y = y + linear(h, init.lora_b.val().transpose(), None).mul_scalar(s);
+                ForwardMode::Teacher => {
+                    let s = adapter.scale;
+                    // base + s·B₀·A₀, all frozen: nothing here is recorded by autodiff
+                    let initial = adapter.initial.as_ref().map(|init| LowRank {
+                        input: x.clone(),
+                        a: init.lora_a.val(),
+                        b: init.lora_b.val(),
+                        scale: s,
+                    });
+                    let mut y = lora_linear(x.clone(), weight, bias, initial);
+                    if adapter.merged {
+                        // The merged weight holds s·B·A; the teacher must not see it.
+                        let h = x.matmul(adapter.lora_a.val().detach().transpose());
+                        y = y - h
+                            .matmul(adapter.lora_b.val().detach().transpose())
+                            .mul_scalar(s);
+                    }
+                    y
                 }
-                y
             }
-        }
+        })
     }
 
     /// Attach a freshly initialised adapter per `config` (PiSSA rewrites the base weight into

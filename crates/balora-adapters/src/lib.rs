@@ -40,7 +40,7 @@ pub mod svd;
 pub use config::{InitMode, LoraConfig, TargetMatcher, TargetModules};
 pub use error::AdapterError;
 pub use init::{InitialFactors, initial_factors};
-pub use layer::{ForwardMode, InitialAdapter, LoraAdapter, LoraLinear};
+pub use layer::{ForwardMode, InitialAdapter, LoraAdapter, LoraLinear, frozen_linear};
 pub use monteclora::{MonteClora, MonteCloraConfig, MonteCloraSample, MonteCloraTerms};
 pub use slots::{
     AdapterSlots, InjectionReport, clear_monteclora, draw_monteclora, inject, merge_all,

@@ -1,7 +1,9 @@
 //! `BaLoraLoss`: the task loss plus the scheduled, weighted regularisers of one step.
 
+use balora_kernels::{VocabTermsConfig, vocab_terms};
 use burn::tensor::Tensor;
 
+use crate::task::{check_labels, mean_cross_entropy, shifted_targets};
 use crate::{LossError, RegularizerConfig, Task, TokenMask, nlg, nlu};
 
 /// The regularisers of one step, each `None` when its λ is 0 at this step or its inputs are
@@ -98,7 +100,8 @@ impl BaLoraLoss {
         Ok(combine(task, consistency, diversity, svd, lambdas, skipped))
     }
 
-    /// NLG: language-model logits `[B, T, V]` with host labels `[B, T]` (−100 = ignored).
+    /// NLG: language-model logits `[B, T, V]` with host labels `[B, T]` (−100 = ignored) and
+    /// a task loss computed by the caller.
     pub fn nlg<F>(
         &self,
         step: usize,
@@ -110,36 +113,104 @@ impl BaLoraLoss {
     where
         F: FnOnce() -> Tensor<3>,
     {
+        self.nlg_terms(step, Some(task), student, labels, teacher)
+    }
+
+    /// NLG with the causal-LM cross-entropy ([`crate::task::causal_lm_loss`]) as the task loss,
+    /// computed in the same fused pass over the vocabulary as the consistency and diversity
+    /// terms: one read of the logits, one `[B·T, V]` gradient for all three.
+    pub fn nlg_causal_lm<F>(
+        &self,
+        step: usize,
+        student: Tensor<3>,
+        labels: &[i64],
+        teacher: F,
+    ) -> Result<LossOutput, LossError>
+    where
+        F: FnOnce() -> Tensor<3>,
+    {
+        self.nlg_terms(step, None, student, labels, teacher)
+    }
+
+    /// `task: None` computes the causal-LM cross-entropy in the fused pass.
+    fn nlg_terms<F>(
+        &self,
+        step: usize,
+        task: Option<Tensor<1>>,
+        student: Tensor<3>,
+        labels: &[i64],
+        teacher: F,
+    ) -> Result<LossOutput, LossError>
+    where
+        F: FnOnce() -> Tensor<3>,
+    {
         self.expect_task(Task::Nlg)?;
         let c = &self.config;
         let [b, t, v] = student.dims();
+        if task.is_none() {
+            // the labels are targets here, not only a mask: they must be token ids
+            check_labels(labels, [b, t, v])?;
+        }
         let mask = TokenMask::new(labels, [b, t], c.mask, &student)?;
         let mut lambdas = c.lambdas_at(step, self.total_steps);
         let mut skipped = Vec::new();
         let mut skip = |term: &str, why: &str| skipped.push(format!("{term}: {why}"));
-        let consistency = if lambdas[0] > 0.0 {
+        let teacher = if lambdas[0] > 0.0 {
             let teacher = teacher().detach();
+            if teacher.dims() != student.dims() {
+                return Err(LossError::Shape {
+                    what: "teacher logits",
+                    expected: format!("{:?} (the student's shape)", student.dims()),
+                    found: teacher.dims().to_vec(),
+                });
+            }
             if let Some(adaptive) = &c.adaptive_consistency
                 && let Some(h) = nlg::teacher_entropy(teacher.clone(), &mask, c.temperature)?
             {
                 lambdas[0] = adaptive.lambda(c.lambda_consistency, h, v);
             }
-            let term = nlg::consistency(
-                student.clone(),
-                teacher,
-                &mask,
-                c.kl_reduction,
-                c.temperature,
-            )?;
-            if term.is_none() {
-                skip("consistency", "no selected token in the batch");
-            }
-            term
+            Some(teacher)
         } else {
             None
         };
+        let want_entropy = lambdas[1] > 0.0 && mask.count() > 0;
+        let want_ce = task.is_none() && t >= 2;
+        let (targets, labelled) = if want_ce {
+            let (targets, n) = shifted_targets(labels, t);
+            (Some(targets), n)
+        } else {
+            (None, 0)
+        };
+        let terms = (want_ce || teacher.is_some() || want_entropy).then(|| {
+            let config = VocabTermsConfig {
+                targets,
+                temperature: c.temperature,
+                entropy: want_entropy,
+                ..nlg::entropy_config(c.top_k_entropy, c.entropy_eps)
+            };
+            vocab_terms(nlg::rows(student.clone()), teacher.map(nlg::rows), &config)
+        });
+        let task = match (task, &terms) {
+            (Some(task), _) => task,
+            (None, Some(terms)) if want_ce => mean_cross_entropy(terms.clone(), labelled),
+            _ => Tensor::zeros([1], (&student.device(), student.dtype())),
+        };
+        let consistency = match &terms {
+            Some(terms) if lambdas[0] > 0.0 => {
+                let kl = nlg::column(terms, 1);
+                let term = nlg::reduce_consistency(kl, &mask, c.kl_reduction, c.temperature);
+                if term.is_none() {
+                    skip("consistency", "no selected token in the batch");
+                }
+                term
+            }
+            _ => None,
+        };
         let diversity = if lambdas[1] > 0.0 {
-            let term = nlg::diversity(student.clone(), &mask, c.top_k_entropy, c.entropy_eps)?;
+            let term = terms
+                .as_ref()
+                .filter(|_| want_entropy)
+                .and_then(|terms| nlg::reduce_diversity(nlg::column(terms, 2), &mask));
             if term.is_none() {
                 skip("diversity", "no selected token in the batch");
             }

@@ -17,7 +17,7 @@
 //! use balora_losses::{BaLoraLoss, RegularizerConfig, Task, task::causal_lm_loss};
 //! use burn::tensor::{Device, Tensor, Distribution};
 //!
-//! let device = Device::default().autodiff();
+//! let device = Device::flex().autodiff();
 //! let student = Tensor::<3>::random([2, 4, 10], Distribution::Normal(0., 1.), &device).require_grad();
 //! let labels = [-100, 3, 4, 5, -100, -100, 7, 1];
 //! let loss = BaLoraLoss::new(RegularizerConfig::paper(Task::Nlg), 100).unwrap();

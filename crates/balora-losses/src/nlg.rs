@@ -1,7 +1,7 @@
 //! BA-LoRA's NLG regularisers on language-model logits `[B, T, V]` (spec §1.3.2, §1.4).
 
+use balora_kernels::{VocabTermsConfig, vocab_terms};
 use burn::tensor::Tensor;
-use burn::tensor::activation::log_softmax;
 
 use crate::objective::{MIN_DENOMINATOR, svd_objective};
 use crate::svd::{batched_singular_values, randomized_top_singular_values, singular_values};
@@ -11,18 +11,53 @@ use crate::{KlReduction, LossError, RegularizerConfig, SvdMode, SvdObjective, To
 /// run recomputes exactly the same loss.
 const RANDOMIZED_SEED: u64 = 0x5EED;
 
-/// Per-token `KL(q ‖ p̃)` at temperature τ, `[B, T]`, with `q = softmax(Z^P/τ)` (detached) and
-/// `p̃ = softmax(Z^F/τ)`, both logs from `log_softmax`.
-fn token_kl(student: Tensor<3>, teacher: Tensor<3>, tau: f64) -> Tensor<2> {
-    let log_q = log_softmax(teacher.detach().div_scalar(tau), 2);
-    let log_p = log_softmax(student.div_scalar(tau), 2);
-    let q = log_q.clone().exp();
-    (q * (log_q - log_p)).sum_dim(2).squeeze_dim(2)
+/// `[B, T, V]` → `[B·T, V]`: the fused vocabulary kernel works on rows.
+pub(crate) fn rows(logits: Tensor<3>) -> Tensor<2> {
+    let [b, t, v] = logits.dims();
+    logits.reshape([b * t, v])
+}
+
+/// Column `c` of the `[N, 3]` output of [`vocab_terms`] as `[N]`.
+pub(crate) fn column(terms: &Tensor<2>, c: usize) -> Tensor<1> {
+    let n = terms.dims()[0];
+    terms.clone().narrow(1, c, 1).reshape([n])
+}
+
+/// Reduce per-token `KL(q ‖ p̃)` values `[B·T]` (see [`consistency`]).
+pub(crate) fn reduce_consistency(
+    kl: Tensor<1>,
+    mask: &TokenMask,
+    reduction: KlReduction,
+    tau: f64,
+) -> Option<Tensor<1>> {
+    let [b, t] = mask.dims;
+    match reduction {
+        KlReduction::BatchSum => Some(kl.sum().div_scalar(b as f64)),
+        KlReduction::TokenMean if mask.count() == 0 => None,
+        KlReduction::TokenMean => Some(
+            (kl * mask.weights.clone().reshape([b * t]))
+                .sum()
+                .mul_scalar(tau * tau / mask.count() as f64),
+        ),
+    }
+}
+
+/// Reduce per-token entropies `[B·T]` to minus their mean over the selected positions (see
+/// [`diversity`]); `None` without positions.
+pub(crate) fn reduce_diversity(h: Tensor<1>, mask: &TokenMask) -> Option<Tensor<1>> {
+    let [b, t] = mask.dims;
+    (mask.count() > 0).then(|| {
+        (h * mask.weights.clone().reshape([b * t]))
+            .sum()
+            .div_scalar(mask.count() as f64)
+            .neg()
+    })
 }
 
 /// Consistency: `KL(P ‖ F)` summed over tokens and vocabulary and divided by B
-/// ([`KlReduction::BatchSum`]), or `τ²·Σ M·KL / max(N, 1)` ([`KlReduction::TokenMean`]).
-/// `None` when a token mean has no selected token.
+/// ([`KlReduction::BatchSum`]), or `τ²·Σ M·KL / max(N, 1)` ([`KlReduction::TokenMean`]), with
+/// `q = softmax(Z^P/τ)` (detached) and `p̃ = softmax(Z^F/τ)`. `None` when a token mean has no
+/// selected token.
 pub fn consistency(
     student: Tensor<3>,
     teacher: Tensor<3>,
@@ -37,35 +72,29 @@ pub fn consistency(
             found: teacher.dims().to_vec(),
         });
     }
-    let b = student.dims()[0];
-    let kl = token_kl(student, teacher, tau);
-    Ok(match reduction {
-        KlReduction::BatchSum => Some(kl.sum().div_scalar(b as f64)),
-        KlReduction::TokenMean if mask.count() == 0 => None,
-        KlReduction::TokenMean => Some(
-            (kl * mask.weights.clone())
-                .sum()
-                .mul_scalar(tau * tau / mask.count() as f64),
-        ),
-    })
+    let config = VocabTermsConfig {
+        temperature: tau,
+        ..VocabTermsConfig::default()
+    };
+    let terms = vocab_terms(rows(student), Some(rows(teacher)), &config);
+    Ok(reduce_consistency(column(&terms, 1), mask, reduction, tau))
 }
 
-/// Entropy of each row distribution given by `logits` along dim 2: with `eps > 0`,
-/// `−Σ p·log(p + eps)` (the reference's form); with `eps = 0`, `−Σ p·log_softmax`.
-fn entropy(logits: Tensor<3>, eps: f64) -> Tensor<2> {
-    let log_p = log_softmax(logits, 2);
-    let p = log_p.clone().exp();
-    let log_term = if eps > 0.0 {
-        p.clone().add_scalar(eps).log()
-    } else {
-        log_p
-    };
-    (p * log_term).sum_dim(2).squeeze_dim(2).neg()
+/// The entropy part of a [`VocabTermsConfig`]: `−Σ p·log(p + ε)` over the full vocabulary or
+/// (with `top_k > 0`) over each row's k largest logits renormalised.
+pub(crate) fn entropy_config(top_k: usize, eps: f64) -> VocabTermsConfig {
+    VocabTermsConfig {
+        entropy: true,
+        entropy_eps: eps,
+        entropy_top_k: top_k,
+        ..VocabTermsConfig::default()
+    }
 }
 
 /// Diversity: minus the mean token entropy of the student over the selected positions, over
 /// the full vocabulary or (with `top_k > 0`) over each row's k largest logits renormalised.
-/// `None` when no position is selected.
+/// With `eps > 0` the entropy is `−Σ p·log(p + eps)` (the reference's form), with `eps = 0`
+/// `−Σ p·log p`. `None` when no position is selected.
 pub fn diversity(
     student: Tensor<3>,
     mask: &TokenMask,
@@ -75,19 +104,8 @@ pub fn diversity(
     if mask.count() == 0 {
         return Ok(None);
     }
-    let v = student.dims()[2];
-    let logits = if top_k > 0 && top_k < v {
-        student.topk(top_k, 2)
-    } else {
-        student
-    };
-    let h = entropy(logits, eps);
-    Ok(Some(
-        (h * mask.weights.clone())
-            .sum()
-            .div_scalar(mask.count() as f64)
-            .neg(),
-    ))
+    let terms = vocab_terms(rows(student), None, &entropy_config(top_k, eps));
+    Ok(reduce_diversity(column(&terms, 2), mask))
 }
 
 /// Mean token entropy of the teacher at temperature τ over the selected positions, with

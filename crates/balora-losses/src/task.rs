@@ -1,17 +1,16 @@
 //! Task losses: the shifted causal-LM cross-entropy and classification cross-entropy.
 
+use std::sync::Arc;
+
+use balora_kernels::{VocabTermsConfig, vocab_terms};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::{IGNORE_INDEX, LossError};
 
-/// Hugging Face's causal-LM loss: logits at position t are scored against label t+1,
-/// averaged over the labels that are not −100 (prompt and padding). Returns 0 — not NaN — for
-/// a batch with no labelled token, so an all-prompt batch cannot poison training.
-///
-/// `labels` are host values `[B, T]`, row-major (the batch is built on the host anyway).
-pub fn causal_lm_loss(logits: Tensor<3>, labels: &[i64]) -> Result<Tensor<1>, LossError> {
-    let [b, t, v] = logits.dims();
+/// Check NLG host labels `[B, T]` against logits `[B, T, V]`: the count, and every label is a
+/// token id or −100.
+pub(crate) fn check_labels(labels: &[i64], [b, t, v]: [usize; 3]) -> Result<(), LossError> {
     if labels.len() != b * t {
         return Err(LossError::Shape {
             what: "labels",
@@ -29,27 +28,46 @@ pub fn causal_lm_loss(logits: Tensor<3>, labels: &[i64]) -> Result<Tensor<1>, Lo
             found: vec![*bad as usize],
         });
     }
+    Ok(())
+}
+
+/// The target of each logit row `b·T + t` under the causal shift: label `t + 1` of the same
+/// sequence, none (−100) for the last position; and the number of rows with a target.
+pub(crate) fn shifted_targets(labels: &[i64], t: usize) -> (Arc<[i64]>, usize) {
+    let mut targets = Vec::with_capacity(labels.len());
+    for row in labels.chunks(t.max(1)) {
+        targets.extend_from_slice(&row[1.min(row.len())..]);
+        targets.push(IGNORE_INDEX);
+    }
+    let n = targets.iter().filter(|&&y| y != IGNORE_INDEX).count();
+    (targets.into(), n)
+}
+
+/// The mean of the cross-entropy column of [`vocab_terms`] over `n` labelled rows (0 for none).
+pub(crate) fn mean_cross_entropy(terms: Tensor<2>, n: usize) -> Tensor<1> {
+    terms.narrow(1, 0, 1).sum().div_scalar(n.max(1) as f64)
+}
+
+/// Hugging Face's causal-LM loss: logits at position t are scored against label t+1,
+/// averaged over the labels that are not −100 (prompt and padding). Returns 0 — not NaN — for
+/// a batch with no labelled token, so an all-prompt batch cannot poison training.
+///
+/// `labels` are host values `[B, T]`, row-major (the batch is built on the host anyway). The
+/// log-softmax over the vocabulary is [`vocab_terms`]' fused pass: one `[B·T, V]` gradient
+/// and no `[B, T, V]` intermediates.
+pub fn causal_lm_loss(logits: Tensor<3>, labels: &[i64]) -> Result<Tensor<1>, LossError> {
+    let [b, t, v] = logits.dims();
+    check_labels(labels, [b, t, v])?;
     if t < 2 {
         return Ok(Tensor::zeros([1], (&logits.device(), logits.dtype())));
     }
-    let device = logits.device();
-    let mut targets = Vec::with_capacity(b * (t - 1));
-    let mut weights = Vec::with_capacity(b * (t - 1));
-    for row in labels.chunks(t) {
-        for &l in &row[1..] {
-            targets.push(if l == IGNORE_INDEX { 0 } else { l });
-            weights.push(if l == IGNORE_INDEX { 0.0 } else { 1.0 });
-        }
-    }
-    let n: f64 = weights.iter().sum();
-    let targets = Tensor::<3, Int>::from_data(TensorData::new(targets, [b, t - 1, 1]), &device);
-    let weights = Tensor::<2>::from_data(
-        TensorData::new(weights, [b, t - 1]),
-        (&device, logits.dtype()),
-    );
-    let log_p = log_softmax(logits.narrow(1, 0, t - 1), 2);
-    let picked: Tensor<2> = log_p.gather(2, targets).squeeze_dim(2);
-    Ok((picked * weights).sum().div_scalar(n.max(1.0)).neg())
+    let (targets, n) = shifted_targets(labels, t);
+    let config = VocabTermsConfig {
+        targets: Some(targets),
+        ..VocabTermsConfig::default()
+    };
+    let terms = vocab_terms(logits.reshape([b * t, v]), None, &config);
+    Ok(mean_cross_entropy(terms, n))
 }
 
 /// Mean cross-entropy of classification logits `[B, C]` against class ids.

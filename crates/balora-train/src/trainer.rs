@@ -94,10 +94,10 @@ impl<M: CausalLm> Objective<M> for NlgObjective {
         step: usize,
     ) -> Result<LossOutput, TrainError> {
         let logits = model.logits(batch, ForwardMode::Adapted);
-        let task = causal_lm_loss(logits.clone(), labels)?;
         match &self.balora {
-            None => Ok(plain(task)),
-            Some(b) => Ok(b.nlg(step, task, logits, labels, || {
+            None => Ok(plain(causal_lm_loss(logits, labels)?)),
+            // the task cross-entropy shares the regularisers' fused pass over the vocabulary
+            Some(b) => Ok(b.nlg_causal_lm(step, logits, labels, || {
                 model.logits(batch, ForwardMode::Teacher).detach()
             })?),
         }

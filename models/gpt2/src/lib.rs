@@ -10,11 +10,11 @@ use std::path::Path;
 
 use balora_adapters::{AdapterSlots, ForwardMode, LoraLinear};
 use balora_io::{HfCheckpoint, LoadOptions};
+use balora_kernels::{Activation, activation};
 use balora_model::attention::{AttentionMask, scaled_dot_product};
 use balora_model::{CausalLm, ModelError, TokenBatch};
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig};
-use burn::tensor::activation::gelu_approximate;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use serde::Deserialize;
 
@@ -258,10 +258,12 @@ impl CausalLm for Gpt2LmHeadModel {
                 .mlp
                 .c_fc
                 .forward_mode(block.ln_2.forward(x.clone()), mode);
-            x = x.clone() + block.mlp.c_proj.forward_mode(gelu_approximate(h), mode);
+            let h = activation(h, Activation::GeluTanh);
+            x = x.clone() + block.mlp.c_proj.forward_mode(h, mode);
         }
         let x = tr.ln_f.forward(x);
-        burn::tensor::module::linear(x, tr.wte.weight.val().transpose(), None)
+        // the tied head: wte `[V, d]` is already the `[out, in]` weight
+        balora_adapters::frozen_linear(x, tr.wte.weight.val())
     }
 
     fn vocab_size(&self) -> usize {

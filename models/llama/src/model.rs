@@ -3,11 +3,11 @@
 //! load without remapping and adapter paths equal peft's.
 
 use balora_adapters::{AdapterSlots, ForwardMode, LoraLinear};
+use balora_kernels::{Activation, activation};
 use balora_model::attention::{AttentionMask, repeat_kv, scaled_dot_product};
 use balora_model::{CausalLm, TokenBatch};
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, RmsNorm, RmsNormConfig};
-use burn::tensor::activation::silu;
 use burn::tensor::{DType, Device, Tensor};
 
 use crate::config::LlamaConfig;
@@ -117,7 +117,10 @@ pub struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: Tensor<3>, mode: ForwardMode) -> Tensor<3> {
-        let gate = silu(self.gate_proj.forward_mode(x.clone(), mode));
+        let gate = activation(
+            self.gate_proj.forward_mode(x.clone(), mode),
+            Activation::Silu,
+        );
         self.down_proj
             .forward_mode(gate * self.up_proj.forward_mode(x, mode), mode)
     }
@@ -298,11 +301,8 @@ impl LlamaForCausalLM {
         let x = self.model.norm.forward(x);
         match &self.lm_head {
             Some(head) => head.forward_mode(x, mode),
-            None => burn::tensor::module::linear(
-                x,
-                self.model.embed_tokens.weight.val().transpose(),
-                None,
-            ),
+            // tied: the embeddings `[V, hidden]` are already the `[out, in]` weight
+            None => balora_adapters::frozen_linear(x, self.model.embed_tokens.weight.val()),
         }
     }
 }

@@ -1,0 +1,26 @@
+//! # balora-kernels
+//!
+//! Fused kernels for the parts of a fine-tuning step that Burn composes from many small
+//! tensor ops, each with a hand-written backward: on flex (the CPU backend) they run as Burn
+//! backend extensions over the raw buffers; on every other backend, and for dtypes the kernels
+//! do not cover, the same functions compose ordinary tensor ops, so callers never branch.
+//!
+//! * [`vocab`]: cross-entropy, teacher KL and entropy over the vocabulary in one pass per row,
+//!   keeping six numbers per row for the backward instead of several `[N, V]` tensors;
+//! * [`activation`]: GPT-2's tanh GELU and Llama's SiLU, one vectorised pass each way;
+//! * [`linear`]: a frozen linear layer with an optional LoRA branch, one multi-threaded GEMM
+//!   per product and no gradient ever computed for the frozen weight.
+//!
+//! The kernels know nothing about models, adapters or losses; they take and return tensors.
+
+pub mod activation;
+pub mod flex;
+mod gemm;
+pub mod linear;
+mod rows;
+pub mod simd;
+pub mod vocab;
+
+pub use activation::{Activation, activation, activation_composed};
+pub use linear::{LowRank, lora_linear, lora_linear_composed, matmul};
+pub use vocab::{VocabTermsConfig, vocab_terms, vocab_terms_composed};
