@@ -11,8 +11,11 @@
 //! * [`model`]: the model/trainer seam ([`model::CausalLm`], [`model::SequenceClassifier`]);
 //! * [`train`]: datasets, the step loop, checkpoints, metrics and evaluation;
 //! * [`io`]: adapter files in Hugging Face PEFT's own format;
-//! * [`device`]: `--device cpu|wgpu|cuda[:N]` parsing.
+//! * [`device`]: `--device cpu|wgpu|cuda[:N]` parsing;
+//! * [`alloc`]: a global allocator for binaries that reuses the large blocks every training
+//!   step frees and allocates again.
 
+pub mod alloc;
 pub mod device;
 
 pub use balora_adapters as adapters;

@@ -33,6 +33,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use job::{Job, METHODS, Outcome, median};
 use report::{GemmRow, InitRow, Results, Side, TrainRow};
 
+/// Training allocates and frees the same large buffers every step: reuse them (up to 2 GiB)
+/// instead of paying page faults for fresh memory each time (`balora::alloc`).
+#[global_allocator]
+static ALLOC: balora::alloc::BlockCache = balora::alloc::BlockCache::new(2 << 30);
+
 #[derive(Parser, Debug)]
 #[command(about = "Benchmark balora against PyTorch + PEFT in the same run")]
 struct Cli {
