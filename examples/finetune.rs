@@ -39,11 +39,6 @@ use balora_model::{GenerationConfig, SequenceClassifier};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
-/// Training allocates and frees the same large buffers every step: reuse them (up to 2 GiB)
-/// instead of paying page faults for fresh memory each time (`balora::alloc`).
-#[global_allocator]
-static ALLOC: balora::alloc::BlockCache = balora::alloc::BlockCache::new(2 << 30);
-
 /// Every option, from the command line or (same names) a TOML file given with `--config`;
 /// the command line wins.
 #[derive(Parser, Debug, Clone, Default, Serialize, Deserialize)]
@@ -351,6 +346,8 @@ fn steps_for(o: &Options, examples: usize, batch: usize, accum: usize) -> usize 
 }
 
 fn main() -> Result<()> {
+    // training frees and reallocates the same large buffers every step (`balora::alloc`)
+    balora::alloc::keep_freed_memory();
     let o = Options::parse().resolve()?;
     let task = o.task()?;
     let method = o.method()?.to_string();

@@ -12,8 +12,8 @@
 //! * [`train`]: datasets, the step loop, checkpoints, metrics and evaluation;
 //! * [`io`]: adapter files in Hugging Face PEFT's own format;
 //! * [`device`]: `--device cpu|wgpu|cuda[:N]` parsing;
-//! * [`alloc`]: a global allocator for binaries that reuses the large blocks every training
-//!   step frees and allocates again.
+//! * [`alloc`]: an allocator setting for training binaries: reuse the large blocks every step
+//!   frees and allocates again instead of faulting in fresh pages.
 
 pub mod alloc;
 pub mod device;

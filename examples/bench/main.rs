@@ -33,11 +33,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use job::{Job, METHODS, Outcome, median};
 use report::{GemmRow, InitRow, Results, Side, TrainRow};
 
-/// Training allocates and frees the same large buffers every step: reuse them (up to 2 GiB)
-/// instead of paying page faults for fresh memory each time (`balora::alloc`).
-#[global_allocator]
-static ALLOC: balora::alloc::BlockCache = balora::alloc::BlockCache::new(2 << 30);
-
 #[derive(Parser, Debug)]
 #[command(about = "Benchmark balora against PyTorch + PEFT in the same run")]
 struct Cli {
@@ -100,6 +95,8 @@ struct Cli {
 }
 
 fn main() -> Result<()> {
+    // training frees and reallocates the same large buffers every step (`balora::alloc`)
+    balora::alloc::keep_freed_memory();
     let mut cli = Cli::parse();
     if let Some(spec) = &cli.worker {
         let job: Job = serde_json::from_str(spec).context("parsing the --worker job")?;

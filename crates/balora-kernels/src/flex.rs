@@ -45,6 +45,20 @@ impl<'a> Floats<'a> {
     }
 }
 
+/// `t` as a tensor that owns exactly its elements, contiguous from offset 0 (a copy when `t`
+/// is a strided view or a window into a larger buffer), so its storage can be reused in place.
+pub fn exact(t: &FlexTensor) -> FlexTensor {
+    let layout = t.layout();
+    let exact = t.is_contiguous()
+        && layout.start_offset() == 0
+        && t.bytes().len() == layout.num_elements() * t.dtype().size();
+    if exact {
+        t.clone()
+    } else {
+        FlexTensor::from_data(t.clone().into_data())
+    }
+}
+
 /// `(rows, columns)` of a 2-D tensor.
 pub fn rows_of(t: &FlexTensor) -> (usize, usize) {
     let dims: &[usize] = t.layout().shape();

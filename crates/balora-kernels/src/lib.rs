@@ -22,5 +22,5 @@ pub mod simd;
 pub mod vocab;
 
 pub use activation::{Activation, activation, activation_composed};
-pub use linear::{LowRank, lora_linear, lora_linear_composed, matmul};
+pub use linear::{LowRank, gram, lora_linear, lora_linear_composed, matmul};
 pub use vocab::{VocabTermsConfig, vocab_terms, vocab_terms_composed};

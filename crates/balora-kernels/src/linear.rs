@@ -166,11 +166,29 @@ pub fn matmul(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
     ))
 }
 
+/// The Gram matrices `G_b = Z_b·Z_bᵀ` of a batch `z [B, n, m]`, differentiable:
+/// `∂Z_b = (∂G_b + ∂G_bᵀ)·Z_b`, one product per matrix and one `[B, n, m]` gradient (two
+/// matmuls through autodiff would produce and add two, one of them transposed).
+///
+/// # Shapes
+///
+/// - `z`: `[B, n, m]`, output: `[B, n, n]`
+pub fn gram(z: Tensor<3>) -> Tensor<3> {
+    let fused = on_flex(&z) && matches!(z.dtype(), DType::F32 | DType::F64);
+    if !fused {
+        return z.clone().matmul(z.swap_dims(1, 2));
+    }
+    Tensor::from_dispatch(<Dispatch as LinearBackend>::gram(z.into_dispatch()))
+}
+
 /// The fused linear layer as a Burn backend extension (flex only; [`lora_linear`] routes).
 #[backend_extension(Flex, Autodiff)]
 pub trait LinearBackend: Backend {
     /// `a·b`.
     fn matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// `Z_b·Z_bᵀ` for each matrix of `z [B, n, m]`.
+    fn gram(z: FloatTensor<Self>) -> FloatTensor<Self>;
 
     /// `x·Wᵀ + b`, with `W` and `b` frozen.
     fn frozen_linear(
@@ -250,9 +268,59 @@ fn product(a: &FlexTensor, b: &FlexTensor) -> FlexTensor {
     }
 }
 
+/// The `[n, m]` matrix `b` of a contiguous `[B, n, m]` tensor, as a 2-D view.
+fn batch_item(z: &FlexTensor, b: usize) -> FlexTensor {
+    let d: &[usize] = z.layout().shape();
+    z.narrow(0, b, 1).reshape([d[1], d[2]].into())
+}
+
+/// `[Z_b·Z_bᵀ]` for a contiguous `[B, n, m]` `z`.
+fn gram_forward(z: &FlexTensor) -> FlexTensor {
+    fn typed<E: Scalar>(z: &FlexTensor) -> FlexTensor {
+        let d: &[usize] = z.layout().shape();
+        let (batch, n) = (d[0], d[1]);
+        let mut out = vec![E::ZERO; batch * n * n];
+        for (b, dst) in out.chunks_mut(n * n).enumerate() {
+            let zb = View::<E>::of(&batch_item(z, b));
+            matmul_into(dst, false, zb, zb.t(), 1.0);
+        }
+        tensor_from(out, [batch, n, n])
+    }
+    if is_f64(z) {
+        typed::<f64>(z)
+    } else {
+        typed::<f32>(z)
+    }
+}
+
+/// `[(∂G_b + ∂G_bᵀ)·Z_b]`.
+fn gram_backward(z: &FlexTensor, g: &FlexTensor) -> FlexTensor {
+    fn typed<E: Scalar>(z: &FlexTensor, g: &FlexTensor) -> FlexTensor {
+        let d: &[usize] = z.layout().shape();
+        let (batch, n, m) = (d[0], d[1], d[2]);
+        let mut out = vec![E::ZERO; batch * n * m];
+        for (b, dst) in out.chunks_mut(n * m).enumerate() {
+            let gb = View::<E>::of(&batch_item(g, b));
+            let zb = View::<E>::of(&batch_item(z, b));
+            matmul_into(dst, false, gb, zb, 1.0);
+            matmul_into(dst, true, gb.t(), zb, 1.0);
+        }
+        tensor_from(out, [batch, n, m])
+    }
+    if is_f64(z) {
+        typed::<f64>(z, g)
+    } else {
+        typed::<f32>(z, g)
+    }
+}
+
 impl LinearBackend for Flex {
     fn matmul(a: FlexTensor, b: FlexTensor) -> FlexTensor {
         product(&a, &b)
+    }
+
+    fn gram(z: FlexTensor) -> FlexTensor {
+        gram_forward(&z.to_contiguous())
     }
 
     fn frozen_linear(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
@@ -301,6 +369,22 @@ impl Backward<Flex, 2> for MatmulBackward {
         }
         if let Some(p) = pb {
             grads.register::<Flex>(p.id, product(&a.transpose(0, 1), &g));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct GramBackward;
+
+impl Backward<Flex, 1> for GramBackward {
+    /// `z`, contiguous.
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [parent] = ops.parents;
+        let g = contiguous(grads.consume::<Flex>(&ops.node));
+        if let Some(p) = parent {
+            grads.register::<Flex>(p.id, gram_backward(&ops.state, &g));
         }
     }
 }
@@ -406,6 +490,21 @@ fn lora_grads<E: Scalar>(
 }
 
 impl<C: CheckpointStrategy> LinearBackend for Autodiff<Flex, C> {
+    fn gram(z: FloatTensor<Self>) -> FloatTensor<Self> {
+        let zp = z.primitive().to_contiguous();
+        match GramBackward
+            .prepare::<C>([z.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = gram_forward(&zp);
+                prep.finish(zp, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(gram_forward(&zp)),
+        }
+    }
+
     fn matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
         let (ap, bp) = (a.primitive().clone(), b.primitive().clone());
         match MatmulBackward

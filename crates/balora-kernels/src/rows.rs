@@ -7,6 +7,9 @@
 
 use crate::simd::Real;
 
+/// Output columns per row: cross-entropy, KL, entropy, `Σ z²`.
+pub const COLUMNS: usize = 4;
+
 /// Accumulator lanes: one AVX-512 register of f32, two of f64.
 const LANES: usize = 16;
 
@@ -74,6 +77,16 @@ impl<E: Real> Elem<E> for PSqOverPEps<E> {
     fn f(&self, x: E) -> E {
         let p = (x - self.lse).exp();
         p * p / (p + self.eps)
+    }
+}
+
+/// `x²`.
+struct Square;
+
+impl<E: Real> Elem<E> for Square {
+    #[inline(always)]
+    fn f(&self, x: E) -> E {
+        x * x
     }
 }
 
@@ -170,6 +183,7 @@ pub struct RowSpec {
     pub entropy_eps: f64,
     /// 0: entropy over the full row.
     pub top_k: usize,
+    pub square_sum: bool,
 }
 
 /// The indices of the `k` largest entries of `z`, largest first (ties: lower index first).
@@ -215,7 +229,7 @@ pub fn forward_row<E: Real>(
     target: Option<usize>,
     spec: RowSpec,
     top: &[u32],
-) -> ([f64; 3], RowStats) {
+) -> ([f64; COLUMNS], RowStats) {
     let one = E::ONE;
     let inv_tau = E::from_f64(spec.inv_tau);
     let lse = row_lse(z, one);
@@ -225,7 +239,10 @@ pub fn forward_row<E: Real>(
         entropy_a: 1.0,
         ..RowStats::default()
     };
-    let mut out = [0.0; 3];
+    let mut out = [0.0; COLUMNS];
+    if spec.square_sum {
+        out[3] = row_sum(z, &Square).to_f64();
+    }
     if let Some(y) = target {
         out[0] = (lse - z[y]).to_f64();
     }
@@ -259,7 +276,9 @@ pub fn forward_row<E: Real>(
     (out, stats)
 }
 
-/// Backward of one row: `dz = g₀·(p − e_y) + g₁·(p̃ − q)/τ + g₂·∂H/∂z`, written into `dz`.
+/// Backward of one row, in place: `row` holds the logits `z` on entry and
+/// `dz = g₀·(p − e_y) + g₁·(p̃ − q)/τ + g₂·∂H/∂z + 2·g₃·z` on return (the logits are not needed after
+/// their gradient, so the gradient can take over their buffer).
 ///
 /// With `p = softmax(z)`, `p̃ = softmax(z/τ)`, `q = softmax(t/τ)` and, for the entropy,
 /// `g_i = −log(p_i+ε) − p_i/(p_i+ε)`: `∂H/∂z_j = p_j·(g_j − Σ_i p_i·g_i)`, where
@@ -267,14 +286,13 @@ pub fn forward_row<E: Real>(
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub fn backward_row<E: Real>(
-    z: &[E],
+    row: &mut [E],
     teacher: Option<&[E]>,
     target: Option<usize>,
     spec: RowSpec,
     stats: &RowStats,
     top: &[u32],
-    g: [f64; 3],
-    dz: &mut [E],
+    g: [f64; COLUMNS],
 ) {
     let lse = E::from_f64(stats.lse);
     let g_ce = E::from_f64(if target.is_some() { g[0] } else { 0.0 });
@@ -284,6 +302,7 @@ pub fn backward_row<E: Real>(
     let g_h = E::from_f64(if full_entropy { g[2] } else { 0.0 });
     let eps = E::from_f64(spec.entropy_eps);
     let pg = E::from_f64(stats.entropy - stats.entropy_a);
+    let g_sq = E::from_f64(if spec.square_sum { 2.0 * g[3] } else { 0.0 });
     let use_kl = spec.teacher && g[1] != 0.0 && teacher.is_some();
     let terms = Terms {
         lse,
@@ -296,26 +315,32 @@ pub fn backward_row<E: Real>(
         g_h,
         eps,
         pg,
+        g_sq,
+    };
+    // the top-k logits, read before the pass overwrites them
+    let top_k = spec.entropy && spec.top_k > 0 && g[2] != 0.0;
+    let top_values: Vec<E> = if top_k {
+        top.iter().map(|&j| row[j as usize]).collect()
+    } else {
+        Vec::new()
     };
     // The branches are chosen once per row, so each inner loop is straight-line vector code.
-    let t = teacher.unwrap_or(z);
-    match (use_kl, full_entropy) {
-        (true, true) => grad_loop::<E, true, true>(z, t, &terms, dz),
-        (true, false) => grad_loop::<E, true, false>(z, t, &terms, dz),
-        (false, true) => grad_loop::<E, false, true>(z, t, &terms, dz),
-        (false, false) => grad_loop::<E, false, false>(z, t, &terms, dz),
+    match (use_kl, teacher, full_entropy) {
+        (true, Some(t), true) => kl_grad_loop::<E, true>(row, t, &terms),
+        (true, Some(t), false) => kl_grad_loop::<E, false>(row, t, &terms),
+        (_, _, true) => grad_loop::<E, true>(row, &terms),
+        (_, _, false) => grad_loop::<E, false>(row, &terms),
     }
     if let Some(y) = target {
-        dz[y] = dz[y] - g_ce;
+        row[y] = row[y] - g_ce;
     }
-    if spec.entropy && spec.top_k > 0 && g[2] != 0.0 {
+    if top_k {
         let lse_top = E::from_f64(stats.lse_top);
         let g_h = E::from_f64(g[2]);
-        for &j in top {
-            let j = j as usize;
-            let lp = z[j] - lse_top;
+        for (&j, &zj) in top.iter().zip(&top_values) {
+            let lp = zj - lse_top;
             let p = lp.exp();
-            dz[j] = dz[j] + entropy_grad(p, lp, eps, pg, g_h);
+            row[j as usize] = row[j as usize] + entropy_grad(p, lp, eps, pg, g_h);
         }
     }
 }
@@ -332,28 +357,38 @@ struct Terms<E> {
     g_h: E,
     eps: E,
     pg: E,
+    /// `2·g₃` of the `Σ z²` column.
+    g_sq: E,
 }
 
+/// The gradient of cross-entropy and entropy (no teacher), in place.
 #[inline(always)]
-fn grad_loop<E: Real, const KL: bool, const ENTROPY: bool>(
-    z: &[E],
-    t: &[E],
-    c: &Terms<E>,
-    dz: &mut [E],
-) {
-    for ((d, &zv), &tv) in dz.iter_mut().zip(z).zip(t) {
+fn grad_loop<E: Real, const ENTROPY: bool>(row: &mut [E], c: &Terms<E>) {
+    for d in row.iter_mut() {
+        let log_p = *d - c.lse;
+        let p = log_p.exp();
+        let mut v = c.g_ce * p + c.g_sq * *d;
+        if ENTROPY {
+            v += entropy_grad(p, log_p, c.eps, c.pg, c.g_h);
+        }
+        *d = v;
+    }
+}
+
+/// [`grad_loop`] plus the consistency KL against the teacher row `t`, in place.
+#[inline(always)]
+fn kl_grad_loop<E: Real, const ENTROPY: bool>(row: &mut [E], t: &[E], c: &Terms<E>) {
+    for (d, &tv) in row.iter_mut().zip(t) {
+        let zv = *d;
         let log_p = zv - c.lse;
         let p = log_p.exp();
-        let mut v = c.g_ce * p;
-        if KL {
-            let pt = if c.same_tau {
-                p
-            } else {
-                (zv * c.inv_tau - c.lse_tau).exp()
-            };
-            let q = (tv * c.inv_tau - c.lse_t).exp();
-            v += c.g_kl * (pt - q);
-        }
+        let pt = if c.same_tau {
+            p
+        } else {
+            (zv * c.inv_tau - c.lse_tau).exp()
+        };
+        let q = (tv * c.inv_tau - c.lse_t).exp();
+        let mut v = c.g_ce * p + c.g_kl * (pt - q) + c.g_sq * zv;
         if ENTROPY {
             v += entropy_grad(p, log_p, c.eps, c.pg, c.g_h);
         }

@@ -1,12 +1,13 @@
 //! The softmax-over-the-vocabulary terms of a causal-LM step, fused into one pass per row.
 //!
-//! For logits `z ∈ ℝ^{N×V}` (one row per token) [`vocab_terms`] returns `[N, 3]`:
+//! For logits `z ∈ ℝ^{N×V}` (one row per token) [`vocab_terms`] returns `[N, 4]`:
 //!
 //! | column | term | definition |
 //! |---|---|---|
 //! | 0 | cross-entropy | `log Σ exp(z) − z_y` for the row's target `y` (0 without a target) |
 //! | 1 | consistency | `KL(q ‖ p̃)`, `q = softmax(t/τ)` of the detached teacher row `t`, `p̃ = softmax(z/τ)` |
 //! | 2 | diversity | the entropy `−Σ p·log(p + ε)` of `p = softmax(z)`, over the whole row or over its `k` largest logits renormalised |
+//! | 3 | Frobenius | `Σ z²` (the SVD term's `‖Z‖_F²`, summed over rows by the caller) |
 //!
 //! Why fused: composed from tensor ops, each term is a chain of five or six passes that each
 //! write a fresh `[N, V]` tensor (max, subtract, exp, sum, log, multiply), and autodiff keeps
@@ -32,8 +33,8 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
-use crate::flex::{Floats, on_flex, rows_of, tensor_from};
-use crate::rows::{RowSpec, RowStats, backward_row, forward_row, top_k_indices};
+use crate::flex::{Floats, exact, on_flex, rows_of, tensor_from};
+use crate::rows::{COLUMNS, RowSpec, RowStats, backward_row, forward_row, top_k_indices};
 use crate::simd::Real;
 
 /// Which terms to compute and their constants.
@@ -50,6 +51,8 @@ pub struct VocabTermsConfig {
     pub entropy_eps: f64,
     /// Entropy over each row's `k` largest logits (0: the whole row).
     pub entropy_top_k: usize,
+    /// Whether to compute the `Σ z²` column.
+    pub square_sum: bool,
 }
 
 impl Default for VocabTermsConfig {
@@ -60,6 +63,7 @@ impl Default for VocabTermsConfig {
             entropy: false,
             entropy_eps: 0.0,
             entropy_top_k: 0,
+            square_sum: false,
         }
     }
 }
@@ -76,6 +80,7 @@ impl VocabTermsConfig {
             } else {
                 0
             },
+            square_sum: self.square_sum,
         }
     }
 
@@ -99,14 +104,14 @@ impl VocabTermsConfig {
     }
 }
 
-/// `[N, 3]`: per-row cross-entropy, `KL(teacher ‖ student)` at τ, and entropy (see the module
+/// `[N, 4]`: per-row cross-entropy, `KL(teacher ‖ student)` at τ, entropy and `Σ z²` (see the module
 /// docs). Columns that are not requested are 0.
 ///
 /// # Shapes
 ///
 /// - `logits`: `[N, V]`
 /// - `teacher`: `[N, V]` (detached: no gradient flows into it)
-/// - output: `[N, 3]`
+/// - output: `[N, 4]`
 ///
 /// # Panics
 ///
@@ -142,7 +147,7 @@ pub fn vocab_terms(
     ))
 }
 
-/// The same `[N, 3]` as [`vocab_terms`], composed from tensor ops (every backend and dtype;
+/// The same `[N, 4]` as [`vocab_terms`], composed from tensor ops (every backend and dtype;
 /// the reference of the fused kernel).
 pub fn vocab_terms_composed(
     logits: Tensor<2>,
@@ -154,6 +159,11 @@ pub fn vocab_terms_composed(
     let device = logits.device();
     let dtype = logits.dtype();
     let zeros = || Tensor::<2>::zeros([n, 1], (&device, dtype));
+    let square_sum = if config.square_sum {
+        logits.clone().powi_scalar(2).sum_dim(1)
+    } else {
+        zeros()
+    };
     let ce = match &config.targets {
         Some(targets) => {
             let ids: Vec<i64> = targets.iter().map(|&y| y.max(0)).collect();
@@ -191,7 +201,7 @@ pub fn vocab_terms_composed(
     } else {
         zeros()
     };
-    Tensor::cat(vec![ce, kl, entropy], 1)
+    Tensor::cat(vec![ce, kl, entropy, square_sum], 1)
 }
 
 /// The fused kernel as a Burn backend extension (flex only; [`vocab_terms`] routes).
@@ -223,11 +233,11 @@ fn forward_typed<E: Real>(
     let spec = config.spec(v, t.is_some());
     let k = spec.top_k;
     let mut top = vec![0u32; if spec.entropy { n * k } else { 0 }];
-    let mut out = vec![E::ZERO; n * 3];
+    let mut out = vec![E::ZERO; n * COLUMNS];
     let mut stats = vec![RowStats::default(); n];
     let rows = (0..n)
         .into_par_iter()
-        .zip(out.par_chunks_mut(3))
+        .zip(out.par_chunks_mut(COLUMNS))
         .zip(stats.par_iter_mut());
     let top_chunks: Vec<&mut [u32]> = if k > 0 && spec.entropy {
         top.chunks_mut(k).collect()
@@ -247,7 +257,7 @@ fn forward_typed<E: Real>(
         *s = st;
     });
     Forward {
-        out: tensor_from(out, [n, 3]),
+        out: tensor_from(out, [n, COLUMNS]),
         stats,
         top,
     }
@@ -264,20 +274,28 @@ fn forward(z: &FlexTensor, t: Option<&FlexTensor>, config: &VocabTermsConfig) ->
     }
 }
 
+/// `∂L/∂z` written over the logits `z` (a copy of them when their buffer is shared).
+/// The forward's per-row results the backward reads.
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    stats: &'a [RowStats],
+    top: &'a [u32],
+    config: &'a VocabTermsConfig,
+}
+
 fn backward_typed<E: Real>(
-    z: &[E],
+    mut z: FlexTensor,
     t: Option<&[E]>,
     g: &[f64],
-    state: &VocabState,
-    n: usize,
-    v: usize,
+    state: Rows<'_>,
 ) -> FlexTensor {
+    let (_, v) = rows_of(&z);
     let spec = state.config.spec(v, t.is_some());
     let k = spec.top_k;
-    let mut dz = vec![E::ZERO; n * v];
-    dz.par_chunks_mut(v).enumerate().for_each(|(i, d)| {
-        let gi = [g[3 * i], g[3 * i + 1], g[3 * i + 2]];
-        let zi = &z[i * v..(i + 1) * v];
+    // copy-on-write: in place when autodiff held the only reference to the logits
+    let dz = z.storage_mut::<E>();
+    dz.par_chunks_mut(v).enumerate().for_each(|(i, row)| {
+        let gi: [f64; COLUMNS] = std::array::from_fn(|c| g[COLUMNS * i + c]);
         let ti = t.map(|t| &t[i * v..(i + 1) * v]);
         let tk = if k > 0 && spec.entropy {
             &state.top[i * k..(i + 1) * k]
@@ -285,18 +303,9 @@ fn backward_typed<E: Real>(
             &[]
         };
         let target = state.config.target(i);
-        crate::dispatch!(backward_row(
-            zi,
-            ti,
-            target,
-            spec,
-            &state.stats[i],
-            tk,
-            gi,
-            d
-        ));
+        crate::dispatch!(backward_row(row, ti, target, spec, &state.stats[i], tk, gi));
     });
-    tensor_from(dz, [n, v])
+    z
 }
 
 /// What the backward keeps: the logits (already held by autodiff for the producing op, so no
@@ -320,17 +329,25 @@ impl Backward<Flex, 1> for VocabBackward {
         let [parent] = ops.parents;
         let g = grads.consume::<Flex>(&ops.node);
         let Some(parent) = parent else { return };
-        let state = ops.state;
+        let VocabState {
+            logits,
+            teacher,
+            stats,
+            top,
+            config,
+        } = ops.state;
         let g = Floats::of(&g.to_contiguous()).to_f64();
-        let (n, v) = rows_of(&state.logits);
-        let dz = match (
-            Floats::of(&state.logits),
-            state.teacher.as_ref().map(Floats::of),
-        ) {
-            (Floats::F32(z), Some(Floats::F32(t))) => backward_typed(z, Some(t), &g, &state, n, v),
-            (Floats::F32(z), None) => backward_typed(z, None, &g, &state, n, v),
-            (Floats::F64(z), Some(Floats::F64(t))) => backward_typed(z, Some(t), &g, &state, n, v),
-            (Floats::F64(z), None) => backward_typed(z, None, &g, &state, n, v),
+        let rows = Rows {
+            stats: &stats,
+            top: &top,
+            config: &config,
+        };
+        // the logits buffer becomes the gradient
+        let dz = match (logits.dtype(), teacher.as_ref().map(Floats::of)) {
+            (DType::F32, Some(Floats::F32(t))) => backward_typed::<f32>(logits, Some(t), &g, rows),
+            (DType::F32, None) => backward_typed::<f32>(logits, None, &g, rows),
+            (DType::F64, Some(Floats::F64(t))) => backward_typed::<f64>(logits, Some(t), &g, rows),
+            (DType::F64, None) => backward_typed::<f64>(logits, None, &g, rows),
             _ => unreachable!("dtypes were checked in the forward"),
         };
         grads.register::<Flex>(parent.id, dz);
@@ -363,7 +380,7 @@ impl<C: CheckpointStrategy> VocabBackend for Autodiff<Flex, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let z = logits.primitive().to_contiguous();
+                let z = exact(logits.primitive());
                 let f = forward(&z, teacher.as_ref(), &config);
                 let state = VocabState {
                     logits: z,

@@ -22,10 +22,10 @@ fn logits(seed: u64, scale: f64, device: &Device) -> Tensor<2> {
     tensor64(&v, [N, V], device)
 }
 
-/// A fixed random weighting of the `[N, 3]` output, so every column and row reaches the loss.
+/// A fixed random weighting of the `[N, 4]` output, so every column and row reaches the loss.
 fn weigh(out: Tensor<2>) -> Tensor<1> {
-    let w = pseudo_random(N * 3, 99);
-    (out * tensor64(&w, [N, 3], &f64_device())).sum()
+    let w = pseudo_random(N * 4, 99);
+    (out * tensor64(&w, [N, 4], &f64_device())).sum()
 }
 
 fn configs() -> Vec<(&'static str, VocabTermsConfig, bool)> {
@@ -353,4 +353,19 @@ fn fused_activations_equal_burn_in_value_and_gradient() {
             );
         }
     }
+}
+
+#[test]
+fn fused_gram_matches_the_composition_and_finite_differences() {
+    let z = tensor64(&pseudo_random(2 * 3 * 5, 11), [2, 3, 5], &f64_device());
+    let w = tensor64(&pseudo_random(2 * 3 * 3, 12), [2, 3, 3], &f64_device());
+    let fused = balora_kernels::gram(z.clone());
+    let composed = z.clone().matmul(z.clone().swap_dims(1, 2));
+    assert!(max_abs_diff(fused, composed) < 1e-13);
+    assert_grad(
+        "∂Z of Σ W⊙ZZᵀ",
+        |z| (balora_kernels::gram(z) * w.clone()).sum(),
+        z,
+        1e-7,
+    );
 }

@@ -181,11 +181,13 @@ impl BaLoraLoss {
         } else {
             (None, 0)
         };
-        let terms = (want_ce || teacher.is_some() || want_entropy).then(|| {
+        let want_norms = lambdas[2] > 0.0 && nlg::needs_row_norms(c, v);
+        let terms = (want_ce || teacher.is_some() || want_entropy || want_norms).then(|| {
             let config = VocabTermsConfig {
                 targets,
                 temperature: c.temperature,
                 entropy: want_entropy,
+                square_sum: want_norms,
                 ..nlg::entropy_config(c.top_k_entropy, c.entropy_eps)
             };
             vocab_terms(nlg::rows(student.clone()), teacher.map(nlg::rows), &config)
@@ -219,7 +221,11 @@ impl BaLoraLoss {
             None
         };
         let svd = if lambdas[2] > 0.0 {
-            let term = nlg::svd(student, &mask, c)?;
+            let row_sq = terms
+                .as_ref()
+                .filter(|_| want_norms)
+                .map(|t| nlg::column(t, 3));
+            let term = nlg::svd_with_row_norms(student, &mask, c, row_sq)?;
             if term.is_none() {
                 skip(
                     "svd",

@@ -17,7 +17,7 @@ pub(crate) fn rows(logits: Tensor<3>) -> Tensor<2> {
     logits.reshape([b * t, v])
 }
 
-/// Column `c` of the `[N, 3]` output of [`vocab_terms`] as `[N]`.
+/// Column `c` of the `[N, 4]` output of [`vocab_terms`] as `[N]`.
 pub(crate) fn column(terms: &Tensor<2>, c: usize) -> Tensor<1> {
     let n = terms.dims()[0];
     terms.clone().narrow(1, c, 1).reshape([n])
@@ -136,16 +136,31 @@ pub fn svd(
     mask: &TokenMask,
     config: &RegularizerConfig,
 ) -> Result<Option<Tensor<1>>, LossError> {
-    let [_, _, v] = student.dims();
+    svd_with_row_norms(student, mask, config, None)
+}
+
+/// Whether the SVD term of `config` needs `‖Z‖_F` of the selected token rows.
+pub(crate) fn needs_row_norms(config: &RegularizerConfig, vocab: usize) -> bool {
+    config.svd_mode == SvdMode::TokenMatrix
+        && (config.svd_objective == SvdObjective::RatioToFrobenius
+            || config
+                .randomized_svd_threshold
+                .is_some_and(|threshold| vocab > threshold))
+}
+
+/// [`svd`], with the per-row `Σ z²` of the student's `[B·T]` rows when the caller already has
+/// them (column 3 of [`vocab_terms`]); otherwise they are computed here when needed.
+pub(crate) fn svd_with_row_norms(
+    student: Tensor<3>,
+    mask: &TokenMask,
+    config: &RegularizerConfig,
+    row_sq: Option<Tensor<1>>,
+) -> Result<Option<Tensor<1>>, LossError> {
+    let [b, t, v] = student.dims();
     let (k, objective, eps) = (config.svd_k, config.svd_objective, config.svd_eps);
     match config.svd_mode {
         SvdMode::PerSample => {
-            let frob = student
-                .clone()
-                .powi_scalar(2)
-                .sum_dims_squeeze::<1, _>(&[1, 2])
-                .sqrt();
-            let sigma = batched_singular_values(student)?;
+            let (sigma, frob) = batched_singular_values(student)?;
             Ok(Some(
                 svd_objective(sigma, k, objective, eps, Some(frob)).mean(),
             ))
@@ -155,9 +170,22 @@ pub fn svd(
             if n < 2 || v < 2 {
                 return Ok(None);
             }
+            // ‖Z‖_F over the selected rows, from the fused per-row Σ z² (no [N, V] square)
+            let frob = needs_row_norms(config, v).then(|| {
+                let row_sq = row_sq.unwrap_or_else(|| {
+                    let c = VocabTermsConfig {
+                        square_sum: true,
+                        ..VocabTermsConfig::default()
+                    };
+                    column(&vocab_terms(rows(student.clone()), None, &c), 3)
+                });
+                (row_sq * mask.weights.clone().reshape([b * t]))
+                    .sum()
+                    .clamp_min(0.0)
+                    .sqrt()
+            });
             let z = mask.select_rows(student);
             let k = k.min(n).min(v);
-            let frob = z.clone().powi_scalar(2).sum().sqrt();
             let randomized = config
                 .randomized_svd_threshold
                 .is_some_and(|threshold| v > threshold && k < n.min(v));
@@ -173,7 +201,7 @@ pub fn svd(
             let denominator = match objective {
                 SvdObjective::TopKSum => None,
                 SvdObjective::RatioToSum => Some(sigma.clone().sum().add_scalar(eps)),
-                SvdObjective::RatioToFrobenius => Some(frob.clone()),
+                SvdObjective::RatioToFrobenius => frob.clone(),
             };
             if let Some(d) = denominator {
                 let d: f64 = d.into_scalar::<f64>();
@@ -181,7 +209,7 @@ pub fn svd(
                     return Ok(None);
                 }
             }
-            Ok(Some(svd_objective(sigma, k, objective, eps, Some(frob))))
+            Ok(Some(svd_objective(sigma, k, objective, eps, frob)))
         }
     }
 }
