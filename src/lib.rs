@@ -8,6 +8,8 @@
 //! * [`adapters`]: [`LoraLinear`](adapters::LoraLinear), PiSSA initialisation, targeting,
 //!   injection, teacher mode;
 //! * [`losses`]: task losses and BA-LoRA's regularisers with the `paper` / `iclr2026` presets;
+//! * [`kernels`]: the fused CPU kernels (vocabulary terms, LoRA linear, GEMM, activations)
+//!   with tensor-op fallbacks on other backends;
 //! * [`model`]: the model/trainer seam ([`model::CausalLm`], [`model::SequenceClassifier`]);
 //! * [`train`]: datasets, the step loop, checkpoints, metrics and evaluation;
 //! * [`io`]: adapter files in Hugging Face PEFT's own format;
@@ -20,6 +22,7 @@ pub mod device;
 
 pub use balora_adapters as adapters;
 pub use balora_io as io;
+pub use balora_kernels as kernels;
 pub use balora_losses as losses;
 pub use balora_model as model;
 pub use balora_train as train;

@@ -232,7 +232,8 @@ fn train_job<M: CausalLm + Module + AdapterSlots>(
     })
 }
 
-/// `x [m, k] · W [k, n]` forward and backward (both gradients), timed per repetition.
+/// `x [m, k] · W [k, n]` forward and backward (both gradients), timed per repetition, on the
+/// GEMM balora's training step uses (`balora::kernels::matmul`: faer's, on flex).
 fn gemm(
     m: usize,
     k: usize,
@@ -246,7 +247,7 @@ fn gemm(
     let mut seconds = Vec::with_capacity(reps);
     for rep in 0..warmup + reps {
         let t0 = Instant::now();
-        let grads = x.clone().matmul(w.clone()).sum().backward();
+        let grads = balora::kernels::matmul(x.clone(), w.clone()).sum().backward();
         // read one element of each gradient: the backward has surely run on any backend
         for g in [x.grad(&grads), w.grad(&grads)] {
             let g = g.context("the GEMM input received no gradient (is the device autodiff?)")?;

@@ -12,6 +12,7 @@
 //! `m×q` / `n×q` sketches and a `q×q` Gram (randomized path, Halko et al. 2011 as in
 //! `torch.svd_lowrank`), never the `n×V` logits themselves.
 
+use balora_kernels::matmul;
 use burn::tensor::{Tensor, TensorData};
 use faer::{Mat, Side};
 use rand::SeedableRng;
@@ -57,7 +58,7 @@ fn eigenvectors_descending(g: &Mat<f64>) -> Result<Mat<f64>, LossError> {
 
 /// `σ_i = ‖Zᵀ u_i‖` for the rows `u_iᵀ` of `ut` (`k×n`): differentiable in `z`.
 fn values_from_left_vectors(z: Tensor<2>, ut: Tensor<2>) -> Tensor<1> {
-    ut.matmul(z)
+    matmul(ut, z)
         .powi_scalar(2)
         .sum_dim(1)
         .clamp_min(SQRT_FLOOR)
@@ -153,17 +154,17 @@ pub fn randomized_top_singular_values(
         .map(|_| StandardNormal.sample(&mut rng))
         .collect();
     let omega = Tensor::<2>::from_data(TensorData::new(omega, [m, q]), (&zd.device(), zd.dtype()));
-    let mut basis = orthonormalize(zd.clone().matmul(omega))?; // n×q
+    let mut basis = orthonormalize(matmul(zd.clone(), omega))?; // n×q
     for _ in 0..niter {
-        let right = orthonormalize(zd.clone().transpose().matmul(basis))?; // m×q
-        basis = orthonormalize(zd.clone().matmul(right))?;
+        let right = orthonormalize(matmul(zd.clone().transpose(), basis))?; // m×q
+        basis = orthonormalize(matmul(zd.clone(), right))?;
     }
     // B = Qᵀ Z (q×m); its left singular vectors Ũ come from the q×q Gram B Bᵀ; U = Q Ũ.
-    let b = basis.clone().transpose().matmul(zd.clone());
+    let b = matmul(basis.clone().transpose(), zd.clone());
     let gram = host(b.clone().matmul(b.transpose()))?;
     let u_small = eigenvectors_descending(&gram)?;
     let u_small = device_matrix(&u_small, &zd);
-    let ut = basis.matmul(u_small).transpose().narrow(0, 0, k.min(q));
+    let ut = matmul(basis, u_small).transpose().narrow(0, 0, k.min(q));
     Ok(values_from_left_vectors(z, ut))
 }
 
