@@ -247,7 +247,9 @@ fn gemm(
     let mut seconds = Vec::with_capacity(reps);
     for rep in 0..warmup + reps {
         let t0 = Instant::now();
-        let grads = balora::kernels::matmul(x.clone(), w.clone()).sum().backward();
+        let grads = balora::kernels::matmul(x.clone(), w.clone())
+            .sum()
+            .backward();
         // read one element of each gradient: the backward has surely run on any backend
         for g in [x.grad(&grads), w.grad(&grads)] {
             let g = g.context("the GEMM input received no gradient (is the device autodiff?)")?;

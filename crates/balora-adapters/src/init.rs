@@ -1,7 +1,7 @@
 //! Initial factors of an adapter: peft's Gaussian/Kaiming init and PiSSA (spec §2.1).
 
 use burn::tensor::{DType, Tensor, TensorData};
-use faer::Mat;
+use faer::MatRef;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardUniform};
@@ -91,43 +91,45 @@ fn pissa<T: HostFloat>(
     let s = config.scale();
     let device = weight.device();
     let dtype = weight.dtype();
-    let host: Vec<f64> =
+    // the weight's values in T (no conversion when the dtypes agree), viewed by faer in place:
+    // the row-major [out, in] buffer is the column-major [in, out] matrix Wᵀ
+    let host: Vec<T> =
         weight
             .clone()
-            .try_into_vec_as::<f64>()
+            .try_into_vec_as::<T>()
             .map_err(|e| AdapterError::Readback {
                 layer: path.to_string(),
                 reason: e.to_string(),
             })?;
-    let w = Mat::<T>::from_fn(out, inp, |i, j| T::from_f64(host[i * inp + j]));
+    let w = MatRef::from_column_major_slice(&host, inp, out).transpose();
     let svd_err = |reason| AdapterError::Svd {
         layer: path.to_string(),
         reason,
     };
     let TopSvd { u, s: sv, v } = match config.init {
-        InitMode::PissaFast { niter } => randomized_svd(w.as_ref(), r, niter, seed),
-        _ => top_svd(w.as_ref(), r),
+        InitMode::PissaFast { niter } => randomized_svd(w, r, niter, seed),
+        _ => top_svd(w, r),
     }
     .map_err(svd_err)?;
     let root: Vec<T> = sv
         .iter()
         .map(|x| T::from_f64((x.to_f64() / s).sqrt()))
         .collect();
-    let a = Mat::<T>::from_fn(r, inp, |i, j| root[i] * v[(j, i)]);
-    let b = Mat::<T>::from_fn(out, r, |i, j| u[(i, j)] * root[j]);
-    let ba = &b * &a;
-    let scale = T::from_f64(s);
-    let residual = Mat::<T>::from_fn(out, inp, |i, j| w[(i, j)] - scale * ba[(i, j)]);
-    let upload = |m: &Mat<T>| {
-        let (rows, cols) = (m.nrows(), m.ncols());
-        let data: Vec<f64> = (0..rows * cols)
-            .map(|k| m[(k / cols, k % cols)].to_f64())
-            .collect();
-        Tensor::<2>::from_data(TensorData::new(data, [rows, cols]), (&device, dtype))
-    };
+    // A = diag(√(S/s))·Vᵀ [r, in] and B = U·diag(√(S/s)) [out, r], row-major
+    let a: Vec<T> = (0..r * inp)
+        .map(|k| root[k / inp] * v[(k % inp, k / inp)])
+        .collect();
+    let b: Vec<T> = (0..out * r)
+        .map(|k| u[(k / r, k % r)] * root[k % r])
+        .collect();
+    let lora_a = Tensor::<2>::from_data(TensorData::new(a, [r, inp]), (&device, dtype));
+    let lora_b = Tensor::<2>::from_data(TensorData::new(b, [out, r]), (&device, dtype));
+    // W_res = W − s·B·A, on the device: one GEMM, no host round trip of a weight-sized matrix
+    let residual =
+        weight.clone() - balora_kernels::matmul(lora_b.clone(), lora_a.clone()).mul_scalar(s);
     Ok(InitialFactors {
-        lora_a: upload(&a),
-        lora_b: upload(&b),
-        residual: Some(upload(&residual)),
+        lora_a,
+        lora_b,
+        residual: Some(residual),
     })
 }
