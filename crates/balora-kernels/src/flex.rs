@@ -36,6 +36,14 @@ impl<'a> Floats<'a> {
         }
     }
 
+    /// Element `i` as `E` (the caller knows the dtype: `E` must be this tensor's).
+    pub fn get<E: Real>(&self, i: usize) -> E {
+        match self {
+            Self::F32(v) => E::from_f64(f64::from(v[i])),
+            Self::F64(v) => E::from_f64(v[i]),
+        }
+    }
+
     /// The values widened to f64 (small tensors: per-row gradients).
     pub fn to_f64(&self) -> Vec<f64> {
         match self {

@@ -32,7 +32,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::{DType, Tensor};
 
-use crate::flex::{on_flex, rows_of, tensor_from};
+use crate::flex::{Floats, on_flex, rows_of, tensor_from};
 use crate::gemm::{Scalar, View, matmul as gemm, matmul_into};
 
 /// The low-rank branch of [`lora_linear`].
@@ -299,11 +299,18 @@ fn gram_backward(z: &FlexTensor, g: &FlexTensor) -> FlexTensor {
         let d: &[usize] = z.layout().shape();
         let (batch, n, m) = (d[0], d[1], d[2]);
         let mut out = vec![E::ZERO; batch * n * m];
+        let gc = g.to_contiguous();
+        let gv = Floats::of(&gc);
         for (b, dst) in out.chunks_mut(n * m).enumerate() {
-            let gb = View::<E>::of(&batch_item(g, b));
+            // ∂G + ∂Gᵀ on the small n×n side first: one n×n·n×m product instead of two
+            let sym: Vec<E> = (0..n * n)
+                .map(|k| {
+                    let (i, j) = (k / n, k % n);
+                    gv.get::<E>(b * n * n + i * n + j) + gv.get::<E>(b * n * n + j * n + i)
+                })
+                .collect();
             let zb = View::<E>::of(&batch_item(z, b));
-            matmul_into(dst, false, gb, zb, 1.0);
-            matmul_into(dst, true, gb.t(), zb, 1.0);
+            matmul_into(dst, false, View::of_slice(&sym, n, n), zb, 1.0);
         }
         tensor_from(out, [batch, n, m])
     }
