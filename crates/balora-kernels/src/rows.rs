@@ -149,6 +149,30 @@ fn kl_cross<E: Real>(t: &[E], z: &[E], s: E, lse_t: E) -> E {
     sum
 }
 
+/// `Σ_j a_j·b_j` with lane accumulators.
+#[inline(always)]
+pub fn dot<E: Real>(a: &[E], b: &[E]) -> E {
+    let mut acc = [E::ZERO; LANES];
+    let ca = a.chunks_exact(LANES);
+    let cb = b.chunks_exact(LANES);
+    let (ta, tb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        let x: &[E; LANES] = x.try_into().expect("a chunk of LANES");
+        let y: &[E; LANES] = y.try_into().expect("a chunk of LANES");
+        for ((a, &u), &v) in acc.iter_mut().zip(x).zip(y) {
+            *a += u * v;
+        }
+    }
+    let mut s = E::ZERO;
+    for (&u, &v) in ta.iter().zip(tb) {
+        s += u * v;
+    }
+    for v in acc {
+        s += v;
+    }
+    s
+}
+
 /// `log Σ_j exp(z_j / τ)`, computed as `m/τ + ln Σ exp((z_j − m)/τ)`.
 #[inline(always)]
 pub fn row_lse<E: Real>(z: &[E], inv_tau: E) -> E {
