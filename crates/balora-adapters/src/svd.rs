@@ -174,8 +174,8 @@ mod tests {
             let w = with_spectrum(m, n, &spectrum, 3);
             let full = w.thin_svd().unwrap();
             let top = top_svd(w.as_ref(), 4).unwrap();
-            for j in 0..4 {
-                assert!((top.s[j] - spectrum[j]).abs() < 1e-12, "σ{j}");
+            for (j, &expected) in spectrum.iter().enumerate().take(4) {
+                assert!((top.s[j] - expected).abs() < 1e-12, "σ{j}");
                 // the same vectors up to sign
                 let dot_u: f64 = (0..m).map(|i| top.u[(i, j)] * full.U()[(i, j)]).sum();
                 let dot_v: f64 = (0..n).map(|i| top.v[(i, j)] * full.V()[(i, j)]).sum();

@@ -218,7 +218,7 @@ pub fn top_k_indices<E: Real>(z: &[E], k: usize, out: &mut [u32]) {
     for (j, &v) in z.iter().enumerate() {
         if vals.len() == k {
             // below or equal to the current k-th largest: a later equal value loses the tie
-            if !(v > vals[k - 1]) {
+            if v.partial_cmp(&vals[k - 1]) != Some(std::cmp::Ordering::Greater) {
                 continue;
             }
             vals.pop();
@@ -364,7 +364,7 @@ pub fn backward_row<E: Real>(
         for (&j, &zj) in top.iter().zip(&top_values) {
             let lp = zj - lse_top;
             let p = lp.exp();
-            row[j as usize] = row[j as usize] + entropy_grad(p, lp, eps, pg, g_h);
+            row[j as usize] += entropy_grad(p, lp, eps, pg, g_h);
         }
     }
 }
