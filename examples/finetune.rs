@@ -653,7 +653,7 @@ fn finish<M: AdapterSlots>(
         serde_json::to_string_pretty(&json)?.as_bytes(),
     )?;
     println!(
-        "done: {before} → {after}; {:.0} tokens/s, peak memory {:.0} MB; wrote {}",
+        "done: held-out {before} before, {after} after; {:.0} tokens/s, peak memory {:.0} MB; wrote {}",
         summary.tokens_per_s,
         peak_rss_mb,
         output.display()

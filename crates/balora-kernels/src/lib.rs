@@ -6,7 +6,8 @@
 //! do not cover, the same functions compose ordinary tensor ops, so callers never branch.
 //!
 //! * [`vocab`]: cross-entropy, teacher KL and entropy over the vocabulary in one pass per row,
-//!   keeping six numbers per row for the backward instead of several `[N, V]` tensors;
+//!   keeping six numbers per row for the backward instead of several `[N, V]` tensors (and,
+//!   for the per-sample SVD term, each sample's Gram matrix, so the gradient stays in place);
 //! * [`activation`]: GPT-2's tanh GELU and Llama's SiLU, one vectorised pass each way;
 //! * [`linear`]: a frozen linear layer with an optional LoRA branch, one multi-threaded GEMM
 //!   per product and no gradient ever computed for the frozen weight.
@@ -23,4 +24,4 @@ pub mod vocab;
 
 pub use activation::{Activation, activation, activation_composed};
 pub use linear::{LowRank, gram, lora_linear, lora_linear_composed, matmul};
-pub use vocab::{VocabTermsConfig, vocab_terms, vocab_terms_composed};
+pub use vocab::{VocabTermsConfig, gram_matrices, vocab_terms, vocab_terms_composed};

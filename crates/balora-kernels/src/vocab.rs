@@ -8,6 +8,7 @@
 //! | 1 | consistency | `KL(q ‖ p̃)`, `q = softmax(t/τ)` of the detached teacher row `t`, `p̃ = softmax(z/τ)` |
 //! | 2 | diversity | the entropy `−Σ p·log(p + ε)` of `p = softmax(z)`, over the whole row or over its `k` largest logits renormalised |
 //! | 3 | Frobenius | `Σ z²` (the SVD term's `‖Z‖_F²`, summed over rows by the caller) |
+//! | 4 … 4+T | Gram | with [`VocabTermsConfig::gram_block`] `= T`: row `i mod T` of `Z_b·Z_bᵀ`, the Gram matrix of the `T` consecutive rows of sample `b = i / T` ([`gram_matrices`]) |
 //!
 //! Why fused: composed from tensor ops, each term is a chain of five or six passes that each
 //! write a fresh `[N, V]` tensor (max, subtract, exp, sum, log, multiply), and autodiff keeps
@@ -15,6 +16,12 @@
 //! forward keeps only six numbers per row, and the backward writes `∂L/∂z` once, recomputing
 //! the probabilities from the logits in the same pass. Masks and reductions stay outside:
 //! callers weight the per-row columns with ordinary `[N]` tensor ops.
+//!
+//! The Gram matrices are here, not in a separate op, for the memory of BA-LoRA's per-sample
+//! SVD term: a second op holding the logits would keep the backward from writing `∂L/∂z` over
+//! them, and its own `[N, V]` gradient would then be summed with this one — two extra `[N, V]`
+//! buffers (200 MB for SmolLM2 at 4 × 128 tokens). Fused, the backward adds each sample's
+//! `(∂G_b + ∂G_bᵀ)·Z_b` (one `[T, V]` buffer, reused) into the same in-place gradient.
 //!
 //! On flex (f32, f64) this runs as a Burn backend extension with a hand-written backward; on
 //! other backends, and for other dtypes, [`vocab_terms`] composes the same terms from tensor
@@ -34,8 +41,8 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
 use crate::flex::{Floats, exact, on_flex, rows_of, tensor_from};
+use crate::gemm::{Scalar, View, matmul_into};
 use crate::rows::{COLUMNS, RowSpec, RowStats, backward_row, forward_row, top_k_indices};
-use crate::simd::Real;
 
 /// Which terms to compute and their constants.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +60,10 @@ pub struct VocabTermsConfig {
     pub entropy_top_k: usize,
     /// Whether to compute the `Σ z²` column.
     pub square_sum: bool,
+    /// `T > 0`: the rows are samples of `T` consecutive rows each, and the output carries each
+    /// sample's Gram matrix `Z_b·Z_bᵀ` in `T` more columns ([`gram_matrices`] reads them).
+    /// 0: no Gram matrices.
+    pub gram_block: usize,
 }
 
 impl Default for VocabTermsConfig {
@@ -64,6 +75,7 @@ impl Default for VocabTermsConfig {
             entropy_eps: 0.0,
             entropy_top_k: 0,
             square_sum: false,
+            gram_block: 0,
         }
     }
 }
@@ -84,6 +96,11 @@ impl VocabTermsConfig {
         }
     }
 
+    /// Columns of the output: the four terms, then the Gram rows.
+    pub fn width(&self) -> usize {
+        COLUMNS + self.gram_block
+    }
+
     fn target(&self, row: usize) -> Option<usize> {
         let t = *self.targets.as_ref()?.get(row)?;
         usize::try_from(t).ok()
@@ -101,21 +118,28 @@ impl VocabTermsConfig {
             self.temperature > 0.0,
             "vocab_terms: temperature must be > 0"
         );
+        assert!(
+            self.gram_block == 0 || n.is_multiple_of(self.gram_block),
+            "vocab_terms: {n} rows are not whole samples of {} rows",
+            self.gram_block
+        );
     }
 }
 
 /// `[N, 4]`: per-row cross-entropy, `KL(teacher ‖ student)` at τ, entropy and `Σ z²` (see the module
-/// docs). Columns that are not requested are 0.
+/// docs), then the Gram rows when [`VocabTermsConfig::gram_block`] is set. Columns that are
+/// not requested are 0.
 ///
 /// # Shapes
 ///
 /// - `logits`: `[N, V]`
 /// - `teacher`: `[N, V]` (detached: no gradient flows into it)
-/// - output: `[N, 4]`
+/// - output: `[N, 4 + gram_block]`
 ///
 /// # Panics
 ///
-/// If the shapes differ, a target is ≥ V, there are not N targets, or τ ≤ 0.
+/// If the shapes differ, a target is ≥ V, there are not N targets, τ ≤ 0, or N is not a
+/// multiple of `gram_block`.
 pub fn vocab_terms(
     logits: Tensor<2>,
     teacher: Option<Tensor<2>>,
@@ -147,7 +171,15 @@ pub fn vocab_terms(
     ))
 }
 
-/// The same `[N, 4]` as [`vocab_terms`], composed from tensor ops (every backend and dtype;
+/// The `[B, T, T]` Gram matrices in the output of [`vocab_terms`] run with `gram_block = T`.
+pub fn gram_matrices(terms: Tensor<2>, block: usize) -> Tensor<3> {
+    let [n, _] = terms.dims();
+    terms
+        .narrow(1, COLUMNS, block)
+        .reshape([n / block, block, block])
+}
+
+/// The same output as [`vocab_terms`], composed from tensor ops (every backend and dtype;
 /// the reference of the fused kernel).
 pub fn vocab_terms_composed(
     logits: Tensor<2>,
@@ -159,6 +191,11 @@ pub fn vocab_terms_composed(
     let device = logits.device();
     let dtype = logits.dtype();
     let zeros = || Tensor::<2>::zeros([n, 1], (&device, dtype));
+    let gram = (config.gram_block > 0).then(|| {
+        let t = config.gram_block;
+        let z = logits.clone().reshape([n / t, t, v]);
+        z.clone().matmul(z.swap_dims(1, 2)).reshape([n, t])
+    });
     let square_sum = if config.square_sum {
         logits.clone().powi_scalar(2).sum_dim(1)
     } else {
@@ -201,7 +238,9 @@ pub fn vocab_terms_composed(
     } else {
         zeros()
     };
-    Tensor::cat(vec![ce, kl, entropy, square_sum], 1)
+    let mut columns = vec![ce, kl, entropy, square_sum];
+    columns.extend(gram);
+    Tensor::cat(columns, 1)
 }
 
 /// The fused kernel as a Burn backend extension (flex only; [`vocab_terms`] routes).
@@ -223,7 +262,7 @@ struct Forward {
     top: Vec<u32>,
 }
 
-fn forward_typed<E: Real>(
+fn forward_typed<E: Scalar>(
     z: &[E],
     t: Option<&[E]>,
     n: usize,
@@ -256,11 +295,35 @@ fn forward_typed<E: Real>(
         }
         *s = st;
     });
+    let block = config.gram_block;
+    let out = if block > 0 {
+        with_gram(&out, z, v, block)
+    } else {
+        out
+    };
     Forward {
-        out: tensor_from(out, [n, COLUMNS]),
+        out: tensor_from(out, [n, config.width()]),
         stats,
         top,
     }
+}
+
+/// `[N, 4 + T]`: each row's four terms, then its row of its sample's Gram matrix `Z_b·Z_bᵀ`.
+fn with_gram<E: Scalar>(terms: &[E], z: &[E], v: usize, block: usize) -> Vec<E> {
+    let width = COLUMNS + block;
+    let n = terms.len() / COLUMNS;
+    let mut out = vec![E::ZERO; n * width];
+    let mut gram = vec![E::ZERO; block * block];
+    for (b, dst) in out.chunks_mut(block * width).enumerate() {
+        let zb = View::of_slice(&z[b * block * v..(b + 1) * block * v], block, v);
+        matmul_into(&mut gram, false, zb, zb.t(), 1.0);
+        for (r, row) in dst.chunks_mut(width).enumerate() {
+            let i = b * block + r;
+            row[..COLUMNS].copy_from_slice(&terms[i * COLUMNS..(i + 1) * COLUMNS]);
+            row[COLUMNS..].copy_from_slice(&gram[r * block..(r + 1) * block]);
+        }
+    }
+    out
 }
 
 fn forward(z: &FlexTensor, t: Option<&FlexTensor>, config: &VocabTermsConfig) -> Forward {
@@ -283,28 +346,74 @@ struct Rows<'a> {
     config: &'a VocabTermsConfig,
 }
 
-fn backward_typed<E: Real>(
+fn backward_typed<E: Scalar>(
     mut z: FlexTensor,
     t: Option<&[E]>,
     g: &[f64],
     state: Rows<'_>,
 ) -> FlexTensor {
     let (_, v) = rows_of(&z);
-    let spec = state.config.spec(v, t.is_some());
+    let config = state.config;
+    let (spec, width, block) = (
+        config.spec(v, t.is_some()),
+        config.width(),
+        config.gram_block,
+    );
     let k = spec.top_k;
-    // copy-on-write: in place when autodiff held the only reference to the logits
-    let dz = z.storage_mut::<E>();
-    dz.par_chunks_mut(v).enumerate().for_each(|(i, row)| {
-        let gi: [f64; COLUMNS] = std::array::from_fn(|c| g[COLUMNS * i + c]);
+    let row_grad = |i: usize, row: &mut [E]| {
+        let gi: [f64; COLUMNS] = std::array::from_fn(|c| g[width * i + c]);
         let ti = t.map(|t| &t[i * v..(i + 1) * v]);
         let tk = if k > 0 && spec.entropy {
             &state.top[i * k..(i + 1) * k]
         } else {
             &[]
         };
-        let target = state.config.target(i);
-        crate::dispatch!(backward_row(row, ti, target, spec, &state.stats[i], tk, gi));
-    });
+        crate::dispatch!(backward_row(
+            row,
+            ti,
+            config.target(i),
+            spec,
+            &state.stats[i],
+            tk,
+            gi
+        ));
+    };
+    // copy-on-write: in place when autodiff held the only reference to the logits
+    let dz = z.storage_mut::<E>();
+    if block == 0 {
+        dz.par_chunks_mut(v)
+            .enumerate()
+            .for_each(|(i, row)| row_grad(i, row));
+        return z;
+    }
+    // a sample's Gram gradient (∂G_b + ∂G_bᵀ)·Z_b reads all its logits: form it before the
+    // sample's rows are overwritten, one sample at a time into one reused buffer
+    let mut gram_grad = vec![E::ZERO; block * v];
+    for (b, zb) in dz.chunks_mut(block * v).enumerate() {
+        let dg = |r: usize, s: usize| g[(b * block + r) * width + COLUMNS + s];
+        let sym: Vec<E> = (0..block * block)
+            .map(|x| {
+                let (r, s) = (x / block, x % block);
+                E::from_f64(dg(r, s) + dg(s, r))
+            })
+            .collect();
+        matmul_into(
+            &mut gram_grad,
+            false,
+            View::of_slice(&sym, block, block),
+            View::of_slice(zb, block, v),
+            1.0,
+        );
+        zb.par_chunks_mut(v)
+            .zip(gram_grad.par_chunks(v))
+            .enumerate()
+            .for_each(|(r, (row, extra))| {
+                row_grad(b * block + r, row);
+                for (d, &x) in row.iter_mut().zip(extra) {
+                    *d += x;
+                }
+            });
+    }
     z
 }
 

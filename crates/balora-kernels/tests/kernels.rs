@@ -22,10 +22,12 @@ fn logits(seed: u64, scale: f64, device: &Device) -> Tensor<2> {
     tensor64(&v, [N, V], device)
 }
 
-/// A fixed random weighting of the `[N, 4]` output, so every column and row reaches the loss.
+/// A fixed random weighting of the `[N, 4 (+ T)]` output, so every column and row reaches the
+/// loss.
 fn weigh(out: Tensor<2>) -> Tensor<1> {
-    let w = pseudo_random(N * 4, 99);
-    (out * tensor64(&w, [N, 4], &f64_device())).sum()
+    let [n, width] = out.dims();
+    let w = pseudo_random(n * width, 99);
+    (out * tensor64(&w, [n, width], &f64_device())).sum()
 }
 
 fn configs() -> Vec<(&'static str, VocabTermsConfig, bool)> {
@@ -77,9 +79,28 @@ fn configs() -> Vec<(&'static str, VocabTermsConfig, bool)> {
                 entropy: true,
                 entropy_eps: 1e-3,
                 entropy_top_k: 100,
+                ..ce.clone()
+            },
+            true,
+        ),
+        (
+            "paper with the SVD term: CE + KL + entropy + Σz² + Gram of 2 samples of 3 rows",
+            VocabTermsConfig {
+                entropy: true,
+                entropy_eps: 1e-10,
+                square_sum: true,
+                gram_block: 3,
                 ..ce
             },
             true,
+        ),
+        (
+            "Gram matrices alone, 3 samples of 2 rows",
+            VocabTermsConfig {
+                gram_block: 2,
+                ..VocabTermsConfig::default()
+            },
+            false,
         ),
     ]
 }

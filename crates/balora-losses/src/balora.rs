@@ -1,6 +1,6 @@
 //! `BaLoraLoss`: the task loss plus the scheduled, weighted regularisers of one step.
 
-use balora_kernels::{VocabTermsConfig, vocab_terms};
+use balora_kernels::{VocabTermsConfig, gram_matrices, vocab_terms};
 use burn::tensor::Tensor;
 
 use crate::task::{check_labels, mean_cross_entropy, shifted_targets};
@@ -182,12 +182,19 @@ impl BaLoraLoss {
             (None, 0)
         };
         let want_norms = lambdas[2] > 0.0 && nlg::needs_row_norms(c, v);
-        let terms = (want_ce || teacher.is_some() || want_entropy || want_norms).then(|| {
+        let gram_block = if lambdas[2] > 0.0 {
+            nlg::gram_block(c, t, v)
+        } else {
+            0
+        };
+        let fused = want_ce || teacher.is_some() || want_entropy || want_norms || gram_block > 0;
+        let terms = fused.then(|| {
             let config = VocabTermsConfig {
                 targets,
                 temperature: c.temperature,
                 entropy: want_entropy,
                 square_sum: want_norms,
+                gram_block,
                 ..nlg::entropy_config(c.top_k_entropy, c.entropy_eps)
             };
             vocab_terms(nlg::rows(student.clone()), teacher.map(nlg::rows), &config)
@@ -225,7 +232,11 @@ impl BaLoraLoss {
                 .as_ref()
                 .filter(|_| want_norms)
                 .map(|t| nlg::column(t, 3));
-            let term = nlg::svd_with_row_norms(student, &mask, c, row_sq)?;
+            let gram = terms
+                .as_ref()
+                .filter(|_| gram_block > 0)
+                .map(|t| gram_matrices(t.clone(), gram_block));
+            let term = nlg::svd_fused(student, &mask, c, row_sq, gram)?;
             if term.is_none() {
                 skip(
                     "svd",

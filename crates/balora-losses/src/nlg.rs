@@ -4,7 +4,10 @@ use balora_kernels::{VocabTermsConfig, vocab_terms};
 use burn::tensor::Tensor;
 
 use crate::objective::{MIN_DENOMINATOR, svd_objective};
-use crate::svd::{batched_singular_values, randomized_top_singular_values, singular_values};
+use crate::svd::{
+    batched_singular_values, randomized_top_singular_values, singular_values,
+    singular_values_of_gram,
+};
 use crate::{KlReduction, LossError, RegularizerConfig, SvdMode, SvdObjective, TokenMask};
 
 /// Seed of the randomized SVD's test matrix: fixed, so a step is reproducible and a resumed
@@ -136,7 +139,7 @@ pub fn svd(
     mask: &TokenMask,
     config: &RegularizerConfig,
 ) -> Result<Option<Tensor<1>>, LossError> {
-    svd_with_row_norms(student, mask, config, None)
+    svd_fused(student, mask, config, None, None)
 }
 
 /// Whether the SVD term of `config` needs `‖Z‖_F` of the selected token rows.
@@ -148,19 +151,35 @@ pub(crate) fn needs_row_norms(config: &RegularizerConfig, vocab: usize) -> bool 
                 .is_some_and(|threshold| vocab > threshold))
 }
 
-/// [`svd`], with the per-row `Σ z²` of the student's `[B·T]` rows when the caller already has
-/// them (column 3 of [`vocab_terms`]); otherwise they are computed here when needed.
-pub(crate) fn svd_with_row_norms(
+/// The `gram_block` of the fused pass that serves the SVD term of `config` on `[B, T, V]`
+/// logits: `T` for the per-sample term when `T ≤ V` (the Gram matrix is then on the small
+/// side), otherwise 0.
+pub(crate) fn gram_block(config: &RegularizerConfig, t: usize, v: usize) -> usize {
+    if config.svd_mode == SvdMode::PerSample && t <= v {
+        t
+    } else {
+        0
+    }
+}
+
+/// [`svd`], with what the caller's fused pass over the vocabulary already computed: the
+/// per-row `Σ z²` of the student's `[B·T]` rows (column 3 of [`vocab_terms`]) and the
+/// per-sample Gram matrices (see [`gram_block`]); what is missing is computed here.
+pub(crate) fn svd_fused(
     student: Tensor<3>,
     mask: &TokenMask,
     config: &RegularizerConfig,
     row_sq: Option<Tensor<1>>,
+    gram: Option<Tensor<3>>,
 ) -> Result<Option<Tensor<1>>, LossError> {
     let [b, t, v] = student.dims();
     let (k, objective, eps) = (config.svd_k, config.svd_objective, config.svd_eps);
     match config.svd_mode {
         SvdMode::PerSample => {
-            let (sigma, frob) = batched_singular_values(student)?;
+            let (sigma, frob) = match gram {
+                Some(gram) => singular_values_of_gram(gram)?,
+                None => batched_singular_values(student)?,
+            };
             Ok(Some(
                 svd_objective(sigma, k, objective, eps, Some(frob)).mean(),
             ))

@@ -91,10 +91,18 @@ pub fn singular_values(z: Tensor<2>) -> Result<Tensor<1>, LossError> {
 /// carries `G`'s rounding, so a value far below `σ_1` is accurate to `ε·σ_1²/σ_i`: far below
 /// what the ratio objectives resolve, and exact to 1e-12 in f64.)
 pub fn batched_singular_values(z: Tensor<3>) -> Result<(Tensor<2>, Tensor<1>), LossError> {
-    let [b, n, m] = z.dims();
+    let [_, n, m] = z.dims();
     let z = if n > m { z.swap_dims(1, 2) } else { z };
-    let p = n.min(m);
-    let gram = balora_kernels::gram(z);
+    singular_values_of_gram(balora_kernels::gram(z))
+}
+
+/// [`batched_singular_values`] from the (differentiable) Gram matrices `G_b = Z_b·Z_bᵀ`
+/// `[B, p, p]` of the wide orientation, however they were computed — BA-LoRA's NLG term gets
+/// them from the fused pass over the vocabulary ([`balora_kernels::vocab_terms`]).
+pub(crate) fn singular_values_of_gram(
+    gram: Tensor<3>,
+) -> Result<(Tensor<2>, Tensor<1>), LossError> {
+    let [b, p, _] = gram.dims();
     let host_gram = gram
         .clone()
         .detach()

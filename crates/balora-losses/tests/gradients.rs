@@ -197,3 +197,33 @@ fn terms_are_not_computed_when_their_lambda_is_zero() {
         .unwrap();
     assert!(out.terms.consistency.is_none());
 }
+
+/// The whole BA-LoRA NLG loss as the trainer calls it: CE, KL, entropy and the per-sample SVD
+/// term in one fused pass (the SVD term's Gram matrices come out of it), λ's raised so every
+/// term shapes the gradient.
+#[test]
+fn fused_nlg_causal_lm_loss_has_exact_gradients() {
+    let labels = [0, 1, 2, 3, -100, 5, 1, 2];
+    for (what, config) in [
+        ("paper", RegularizerConfig::paper(Task::Nlg).with_svd_k(2)),
+        ("iclr2026", RegularizerConfig::iclr2026().with_svd_k(2)),
+    ] {
+        let c = RegularizerConfig {
+            lambda_consistency: 0.3,
+            lambda_diversity: 0.2,
+            lambda_svd: 0.5,
+            ..config
+        };
+        let loss = BaLoraLoss::new(c, 10).unwrap();
+        assert_grad(
+            what,
+            |f| {
+                let out = loss.nlg_causal_lm(9, f, &labels, || logits(2)).unwrap();
+                assert!(out.terms.svd.is_some() && out.terms.skipped.is_empty());
+                out.loss
+            },
+            logits(1),
+            TOL,
+        );
+    }
+}
