@@ -19,7 +19,8 @@ mod assets;
 
 use assets::{assets, ensure_default};
 use balora::adapters::{
-    AdapterSlots, InitMode, LoraConfig, MonteCloraConfig, TargetModules, clear_monteclora, inject,
+    AdapterSlots, ForwardMode, InitMode, LoraConfig, MonteCloraConfig, TargetModules,
+    clear_monteclora, inject,
 };
 use balora::burn::module::Module;
 use balora::burn::tensor::{DType, Device};
@@ -32,10 +33,10 @@ use balora::train::eval::{answer_matches, classification_metrics};
 use balora::train::metrics::peak_rss_mb;
 use balora::train::optim::AdamWConfig;
 use balora::train::schedule::LrSchedule;
-use balora::train::{LoopConfig, NlgObjective, NluObjective, train};
+use balora::train::{LoopConfig, NlgObjective, NluObjective, Teacher, train};
 use balora_bert::BertForSequenceClassification;
 use balora_llama::LlamaForCausalLM;
-use balora_model::{GenerationConfig, SequenceClassifier};
+use balora_model::{CausalLm, GenerationConfig, SequenceClassifier};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
@@ -70,6 +71,13 @@ struct Options {
     /// Override λ3 (SVD).
     #[arg(long)]
     lambda_svd: Option<f64>,
+    /// BA-LoRA's teacher: adapter (the model with its frozen initial adapter, no second model
+    /// in memory) | checkpoint (a separately loaded pretrained model, as the ICLR 2026 code).
+    #[arg(long)]
+    teacher: Option<String>,
+    /// The pretrained model of `--teacher checkpoint` (default: --model).
+    #[arg(long)]
+    teacher_model: Option<PathBuf>,
     /// Hugging Face model directory.
     #[arg(long)]
     model: Option<PathBuf>,
@@ -192,6 +200,8 @@ impl Options {
                 lambda_consistency,
                 lambda_diversity,
                 lambda_svd,
+                teacher,
+                teacher_model,
                 model,
                 train,
                 eval,
@@ -235,6 +245,22 @@ impl Options {
             "nlu" => Ok(Task::Nlu),
             other => bail!("unknown --task {other:?}: expected nlg or nlu"),
         }
+    }
+
+    /// Whether BA-LoRA's teacher is a separately loaded checkpoint (spec Decision 4).
+    fn teacher_checkpoint(&self, task: Task, method: &str) -> Result<bool> {
+        let checkpoint = match self.teacher.as_deref().unwrap_or("adapter") {
+            "adapter" => false,
+            "checkpoint" => true,
+            other => bail!("unknown --teacher {other:?}: expected adapter or checkpoint"),
+        };
+        if checkpoint && (task != Task::Nlg || method != "balora") {
+            bail!(
+                "--teacher checkpoint applies to --method balora on --task nlg (a classifier's \
+                 new head has no pretrained teacher)"
+            );
+        }
+        Ok(checkpoint)
     }
 
     fn method(&self) -> Result<&str> {
@@ -375,6 +401,17 @@ fn run_nlg(o: &Options, method: &str) -> Result<()> {
         ensure_default(&train_path)?;
     }
     let (device, dtype) = device_and_dtype(o)?;
+    let teacher = if o.teacher_checkpoint(Task::Nlg, method)? {
+        let dir = o.teacher_model.as_ref().unwrap_or(&model_dir);
+        // frozen: its forward records no autodiff graph
+        let model = LlamaForCausalLM::from_pretrained(dir, &device, dtype)?.no_grad();
+        println!("teacher: a second model loaded from {}", dir.display());
+        Teacher::Checkpoint(Box::new(move |batch| {
+            model.logits(batch, ForwardMode::Adapted)
+        }))
+    } else {
+        Teacher::InitialAdapter
+    };
     let output = o
         .output
         .clone()
@@ -459,6 +496,7 @@ fn run_nlg(o: &Options, method: &str) -> Result<()> {
     );
     let objective = NlgObjective {
         balora: regularizer(o, Task::Nlg, method, steps)?,
+        teacher,
     };
     let (mut model, summary) = train(
         model, &objective, &examples, pad, &lc, &output, o.resume, &device,
@@ -496,6 +534,7 @@ fn run_nlu(o: &Options, method: &str) -> Result<()> {
         ensure_default(&train_path)?;
     }
     let (device, dtype) = device_and_dtype(o)?;
+    o.teacher_checkpoint(Task::Nlu, method)?;
     let output = o
         .output
         .clone()
@@ -694,6 +733,14 @@ mod tests {
             10,
         ));
         assert!(e.contains("neurips"), "{e}");
+        let e = message(
+            with(|o| o.teacher = Some("ema".into())).teacher_checkpoint(Task::Nlg, "balora"),
+        );
+        assert!(e.contains("\"ema\"") && e.contains("checkpoint"), "{e}");
+        let e = message(
+            with(|o| o.teacher = Some("checkpoint".into())).teacher_checkpoint(Task::Nlu, "balora"),
+        );
+        assert!(e.contains("--task nlg"), "{e}");
         let e = Options::try_parse_from(["finetune", "--rank", "eight"])
             .expect_err("a non-numeric rank")
             .to_string();

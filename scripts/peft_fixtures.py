@@ -7,7 +7,8 @@
                   (default tests/fixtures/peft). The Rust test `tests/peft_interop.rs` loads them.
     check DIR     load adapters that balora saved (DIR/<name>/ + DIR/expected.safetensors, written by
                   `cargo test --test peft_interop -- --ignored write_adapters_for_peft`) with peft
-                  onto the same base model and compare peft's outputs with balora's.
+                  onto the same base model and compare peft's outputs with balora's, and the
+                  tensors peft loaded (MonteCLoRA's sampler parameters included) with the file's.
 
 Pinned: torch==2.15.0 transformers==5.23.0 peft==0.21.2 safetensors==0.8.0 (CPU).
     python3 -m venv .venv && .venv/bin/pip install torch==2.15.0 transformers==5.23.0 \
@@ -19,7 +20,7 @@ import shutil
 import sys
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -130,8 +131,15 @@ def check(adapter_root):
         model = PeftModel.from_pretrained(base_model(base_dir), path)
         got = model(expected["x"]).detach()
         err = (got - expected["y_" + name]).abs().max().item()
+        # every tensor of balora's file is a parameter of peft's model, with the same value
+        saved = load_file(os.path.join(path, "adapter_model.safetensors"))
+        loaded = get_peft_model_state_dict(model)
+        if set(saved) != set(loaded):
+            sys.exit(f"FAILED: {name}: keys only in balora's file {sorted(set(saved) - set(loaded))}, "
+                     f"only in peft's model {sorted(set(loaded) - set(saved))}")
+        err = max([err] + [(saved[k] - loaded[k]).abs().max().item() for k in saved])
         worst = max(worst, err)
-        print(f"{name}: peft output vs balora max |Δ| = {err:.2e}")
+        print(f"{name}: peft output and tensors vs balora max |Δ| = {err:.2e} ({len(saved)} tensors)")
     if worst > 1e-5:
         sys.exit(f"FAILED: max |Δ| = {worst:.2e}")
     print("peft reproduces balora's adapted outputs")

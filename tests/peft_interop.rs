@@ -8,7 +8,9 @@
 
 use std::path::{Path, PathBuf};
 
-use balora::adapters::{AdapterSlots, InitMode, LoraConfig, LoraLinear, TargetModules, inject};
+use balora::adapters::{
+    AdapterSlots, InitMode, LoraConfig, LoraLinear, MonteCloraConfig, TargetModules, inject,
+};
 use balora::burn::module::Module;
 use balora::burn::tensor::{DType, Device, Tensor, TensorData};
 use balora::io::tensors::{SafetensorsFile, write_safetensors};
@@ -289,16 +291,19 @@ fn write_adapters_for_peft() {
     let x = Tensor::<2>::from_data(TensorData::new(pseudo_random(24, 3), [3, 8]), &device);
     let mut expected = std::collections::BTreeMap::new();
     expected.insert("x".to_string(), x.to_data());
-    for (name, init, rslora) in [
-        ("lora", InitMode::Gaussian, false),
-        ("rslora", InitMode::Gaussian, true),
-        ("pissa", InitMode::Pissa, false),
-        ("pissa_fast", InitMode::PissaFast { niter: 4 }, false),
+    for (name, init, rslora, monteclora) in [
+        ("lora", InitMode::Gaussian, false, false),
+        ("rslora", InitMode::Gaussian, true, false),
+        ("pissa", InitMode::Pissa, false, false),
+        ("pissa_fast", InitMode::PissaFast { niter: 4 }, false, false),
+        // evaluated as its mean (plain LoRA); peft must also load the sampler parameters
+        ("monteclora", InitMode::Gaussian, false, true),
     ] {
         let cfg = LoraConfig::new(3, TargetModules::names(["q_proj", "v_proj"]))
             .with_lora_alpha(6.0)
             .with_use_rslora(rslora)
-            .with_init(init);
+            .with_init(init)
+            .with_monteclora(monteclora.then(MonteCloraConfig::new));
         let (mut model, _) = inject(TinyMlp::load(&fixtures(), &device), &cfg).unwrap();
         perturb(&mut model);
         expected.insert(format!("y_{name}"), model.forward(x.clone()).to_data());

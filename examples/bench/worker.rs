@@ -211,7 +211,7 @@ fn train_job<M: CausalLm + Module + AdapterSlots>(
         stop_at_step: None,
     };
     let out = tempfile::tempdir()?;
-    let objective = NlgObjective { balora };
+    let objective = NlgObjective::new(balora);
     let (model, _) = train(
         model,
         &objective,

@@ -15,4 +15,4 @@ pub mod schedule;
 pub mod trainer;
 
 pub use error::TrainError;
-pub use trainer::{LoopConfig, NlgObjective, NluObjective, Objective, RunSummary, train};
+pub use trainer::{LoopConfig, NlgObjective, NluObjective, Objective, RunSummary, Teacher, train};

@@ -83,6 +83,43 @@ fn plain(task: Tensor<1>) -> LossOutput {
 pub struct NlgObjective {
     /// BA-LoRA's regularisers, if the method uses them.
     pub balora: Option<BaLoraLoss>,
+    /// Where the regularisers' teacher logits come from.
+    pub teacher: Teacher,
+}
+
+impl NlgObjective {
+    /// The objective with the default teacher (the model's frozen initial adapter).
+    pub fn new(balora: Option<BaLoraLoss>) -> Self {
+        Self {
+            balora,
+            teacher: Teacher::InitialAdapter,
+        }
+    }
+}
+
+/// The teacher of BA-LoRA's consistency term (spec Decision 4).
+#[derive(Default)]
+pub enum Teacher {
+    /// The trained model itself in [`ForwardMode::Teacher`]: the frozen base plus each
+    /// adapter's frozen initial factors — under PiSSA the pretrained weights up to rounding,
+    /// under LoRA the base — without a second model in memory. The default.
+    #[default]
+    InitialAdapter,
+    /// `teacher = checkpoint`: logits from a separately loaded pretrained model (given as the
+    /// function that runs it, so the trainer needs no model type), for exact equivalence with
+    /// the ICLR 2026 code, which keeps a second base model. Costs that model's memory and a
+    /// forward through it. Freeze the model (`Module::no_grad`) so its forward records no graph.
+    Checkpoint(Box<dyn Fn(&TokenBatch) -> Tensor<3>>),
+}
+
+impl Teacher {
+    fn logits<M: CausalLm>(&self, model: &M, batch: &TokenBatch) -> Tensor<3> {
+        match self {
+            Self::InitialAdapter => model.logits(batch, ForwardMode::Teacher),
+            Self::Checkpoint(forward) => forward(batch),
+        }
+        .detach()
+    }
 }
 
 impl<M: CausalLm> Objective<M> for NlgObjective {
@@ -97,9 +134,9 @@ impl<M: CausalLm> Objective<M> for NlgObjective {
         match &self.balora {
             None => Ok(plain(causal_lm_loss(logits, labels)?)),
             // the task cross-entropy shares the regularisers' fused pass over the vocabulary
-            Some(b) => Ok(b.nlg_causal_lm(step, logits, labels, || {
-                model.logits(batch, ForwardMode::Teacher).detach()
-            })?),
+            Some(b) => {
+                Ok(b.nlg_causal_lm(step, logits, labels, || self.teacher.logits(model, batch))?)
+            }
         }
     }
     fn token_labels(&self) -> bool {

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use balora_adapters::{
-    InitMode, LoraConfig, MonteCloraConfig, TargetModules, clear_monteclora, inject,
+    ForwardMode, InitMode, LoraConfig, MonteCloraConfig, TargetModules, clear_monteclora, inject,
 };
 use balora_bert::BertForSequenceClassification;
 use balora_io::{SaveOptions, load_adapter, save_adapter};
@@ -17,7 +17,7 @@ use balora_train::data::{Example, LabelSet, read_nlg_jsonl, read_nlu, tokenize_n
 use balora_train::metrics::read_metrics;
 use balora_train::optim::AdamWConfig;
 use balora_train::schedule::LrSchedule;
-use balora_train::{LoopConfig, NlgObjective, NluObjective, train};
+use balora_train::{LoopConfig, NlgObjective, NluObjective, Teacher, train};
 use burn::module::Module;
 use burn::tensor::{DType, Device};
 
@@ -101,7 +101,7 @@ fn run_nlg(
     let (model, _) = inject(tiny_llama(), &cfg).unwrap();
     let balora = (method == "balora")
         .then(|| BaLoraLoss::new(RegularizerConfig::paper(Task::Nlg), steps).unwrap());
-    let objective = NlgObjective { balora };
+    let objective = NlgObjective::new(balora);
     let lc = LoopConfig {
         stop_at_step: stop,
         ..loop_config(steps)
@@ -163,6 +163,59 @@ fn every_method_learns_and_its_adapter_loads_back() {
             .unwrap();
         assert_eq!(out, vec![10, 11, 12, 13, 2], "{method}");
     }
+}
+
+/// `teacher = checkpoint` (spec Decision 4): a separately loaded pretrained model and the
+/// model's own frozen initial (PiSSA) adapter are the same teacher, so two BA-LoRA runs that
+/// differ only in the teacher log the same consistency term, step after step.
+#[test]
+fn a_checkpoint_teacher_equals_the_initial_adapter_teacher() {
+    let _turn = exclusive();
+    let steps = 4;
+    let run = |teacher: Teacher| {
+        let dir = tempfile::tempdir().unwrap();
+        let (model, _) = inject(tiny_llama(), &adapter("balora")).unwrap();
+        let c = RegularizerConfig {
+            lambda_consistency: 1.0,
+            ..RegularizerConfig::paper(Task::Nlg)
+        };
+        let objective = NlgObjective {
+            balora: Some(BaLoraLoss::new(c, steps).unwrap()),
+            teacher,
+        };
+        let lc = loop_config(steps);
+        train(
+            model,
+            &objective,
+            &nlg_examples(),
+            0,
+            &lc,
+            dir.path(),
+            false,
+            &device(),
+        )
+        .unwrap();
+        read_metrics(&dir.path().join("metrics.jsonl")).unwrap()
+    };
+    let own = run(Teacher::InitialAdapter);
+    let base = tiny_llama().no_grad();
+    let separate = run(Teacher::Checkpoint(Box::new(move |batch| {
+        base.logits(batch, ForwardMode::Adapted)
+    })));
+    let kl = |m: &balora_train::metrics::StepMetrics| m.consistency.expect("consistency logged");
+    for (a, b) in own.iter().zip(&separate) {
+        let (x, y) = (kl(a), kl(b));
+        assert!(
+            (x - y).abs() <= 1e-6 + 1e-4 * x.abs(),
+            "step {}: consistency {x} (initial adapter) vs {y} (checkpoint)",
+            a.step
+        );
+    }
+    // the term is alive: the student starts at the teacher and moves away from it
+    assert!(
+        kl(&own[0]).abs() < 1e-4 && kl(&own[steps - 1]) > 1e-3,
+        "{own:?}"
+    );
 }
 
 #[test]
