@@ -5,7 +5,7 @@
 //! cargo run --release --example bench -- --models gpt2-small --methods lora,balora-paper
 //! cargo run --release --example bench -- --no-reference      # balora only
 //! cargo run --example bench -- --smoke                       # 1 step on tiny models (CI)
-//! cargo run --release --example bench -- --render bench/results/<date>.json  # the table again
+//! cargo run --release --example bench -- --render bench/results/<date>.json  # table + chart again
 //! ```
 //!
 //! Every job (a method's training steps, a PiSSA initialisation, the GEMM ceiling) runs in its
@@ -86,7 +86,8 @@ struct Cli {
     /// Where `<date>.json` and `<date>.png` go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
-    /// Print the table of a results file (`bench/results/<date>.json`) and exit.
+    /// Print the table of a results file (`bench/results/<date>.json`), redraw its PNG beside
+    /// it, and exit.
     #[arg(long)]
     render: Option<PathBuf>,
     /// Run one job (JSON) in this process and print its outcome (used by the orchestrator).
@@ -111,6 +112,7 @@ fn main() -> Result<()> {
         let results: Results =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         println!("{}", results.table());
+        results.plot(&path.with_extension("png"))?;
         return Ok(());
     }
     for m in &cli.methods {

@@ -283,7 +283,7 @@ impl Results {
     }
 
     /// Tokens/s per method, balora next to PEFT, one panel per model.
-    fn plot(&self, path: &Path) -> Result<()> {
+    pub fn plot(&self, path: &Path) -> Result<()> {
         let mut models: Vec<&str> = self.train.iter().map(|r| r.model.as_str()).collect();
         models.dedup();
         if models.is_empty() {
@@ -303,7 +303,8 @@ impl Results {
                 })
                 .flatten()
                 .fold(1.0f64, f64::max)
-                * 1.15;
+                // headroom above the tallest bar for the legend
+                * 1.35;
             let names: Vec<String> = rows.iter().map(|r| r.method.clone()).collect();
             let mut chart = ChartBuilder::on(area)
                 .caption(
@@ -363,6 +364,7 @@ impl Results {
                 });
             chart
                 .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
                 .background_style(WHITE.mix(0.8))
                 .border_style(BLACK)
                 .draw()
