@@ -364,17 +364,20 @@ fn contiguous(g: FlexTensor) -> FlexTensor {
 struct MatmulBackward;
 
 impl Backward<Flex, 2> for MatmulBackward {
-    /// `(a, b)`.
-    type State = (FlexTensor, FlexTensor);
+    /// `(a, b)`, each kept only when the other operand needs a gradient: `∂a = g·bᵀ` reads `b`,
+    /// `∂b = aᵀ·g` reads `a`. Why: with a constant `a` (the randomized SVD's detached vectors
+    /// times the logits) keeping `b` would hold the logits until the backward, and the fused
+    /// vocabulary op could then no longer write its gradient over them.
+    type State = (Option<FlexTensor>, Option<FlexTensor>);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [pa, pb] = ops.parents;
         let g = contiguous(grads.consume::<Flex>(&ops.node));
         let (a, b) = ops.state;
-        if let Some(p) = pa {
+        if let (Some(p), Some(b)) = (pa, b) {
             grads.register::<Flex>(p.id, product(&g, &b.transpose(0, 1)));
         }
-        if let Some(p) = pb {
+        if let (Some(p), Some(a)) = (pb, a) {
             grads.register::<Flex>(p.id, product(&a.transpose(0, 1), &g));
         }
     }
@@ -514,6 +517,7 @@ impl<C: CheckpointStrategy> LinearBackend for Autodiff<Flex, C> {
 
     fn matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
         let (ap, bp) = (a.primitive().clone(), b.primitive().clone());
+        let (a_tracked, b_tracked) = (a.is_tracked(), b.is_tracked());
         match MatmulBackward
             .prepare::<C>([a.node(), b.node()])
             .compute_bound()
@@ -521,7 +525,7 @@ impl<C: CheckpointStrategy> LinearBackend for Autodiff<Flex, C> {
         {
             OpsKind::Tracked(prep) => {
                 let y = product(&ap, &bp);
-                prep.finish((ap, bp), y)
+                prep.finish((b_tracked.then_some(ap), a_tracked.then_some(bp)), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(product(&ap, &bp)),
         }
