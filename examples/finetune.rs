@@ -254,6 +254,12 @@ impl Options {
             "checkpoint" => true,
             other => bail!("unknown --teacher {other:?}: expected adapter or checkpoint"),
         };
+        if !checkpoint && let Some(dir) = &self.teacher_model {
+            bail!(
+                "--teacher-model {} is only read with --teacher checkpoint",
+                dir.display()
+            );
+        }
         if checkpoint && (task != Task::Nlg || method != "balora") {
             bail!(
                 "--teacher checkpoint applies to --method balora on --task nlg (a classifier's \
@@ -741,6 +747,10 @@ mod tests {
             with(|o| o.teacher = Some("checkpoint".into())).teacher_checkpoint(Task::Nlu, "balora"),
         );
         assert!(e.contains("--task nlg"), "{e}");
+        let e = message(
+            with(|o| o.teacher_model = Some("base".into())).teacher_checkpoint(Task::Nlg, "balora"),
+        );
+        assert!(e.contains("--teacher-model base"), "{e}");
         let e = Options::try_parse_from(["finetune", "--rank", "eight"])
             .expect_err("a non-numeric rank")
             .to_string();
