@@ -24,7 +24,10 @@ use balora::adapters::{
 };
 use balora::burn::module::Module;
 use balora::burn::tensor::{DType, Device};
-use balora::io::{ChatTemplate, SaveOptions, TaskType, load_adapter, load_tokenizer, save_adapter};
+use balora::io::{
+    ChatTemplate, MergeOptions, SaveOptions, TaskType, load_adapter, load_tokenizer, save_adapter,
+    save_merged,
+};
 use balora::losses::{BaLoraLoss, RegularizerConfig, Task};
 use balora::train::data::{
     LabelSet, PromptFormat, collate, read_nlg_jsonl, read_nlu, tokenize_nlg, tokenize_nlu,
@@ -178,6 +181,10 @@ struct Options {
     /// Only evaluate this saved adapter directory.
     #[arg(long)]
     eval_only: Option<PathBuf>,
+    /// Also write a full Hugging Face checkpoint with the adapter merged into the weights
+    /// (the base's dtype, sharded above 5 GB, tokenizer and configs copied) to this directory.
+    #[arg(long)]
+    merge_to: Option<PathBuf>,
 }
 
 macro_rules! merge {
@@ -233,7 +240,8 @@ impl Options {
                 device,
                 dtype,
                 output,
-                eval_only
+                eval_only,
+                merge_to
             );
         }
         Ok(self)
@@ -441,11 +449,9 @@ fn run_nlg(o: &Options, method: &str) -> Result<()> {
         let model = model.valid();
         let mut correct = 0;
         for r in eval_records {
-            let prompt = tokenizer
-                .encode(format.render(&r.prompt)?.as_str(), false)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let prompt = format.prompt_ids(&tokenizer, r)?;
             let out = model.generate(
-                prompt.get_ids(),
+                &prompt,
                 &GenerationConfig::greedy(48, vec![eos]),
                 true,
             )?;
@@ -466,7 +472,7 @@ fn run_nlg(o: &Options, method: &str) -> Result<()> {
             100.0 * acc,
             eval_records.len()
         );
-        return Ok(());
+        return merge(o, &model, &model_dir, MergeOptions::default());
     }
     let mut records = read_nlg_jsonl(&train_path)?;
     records.truncate(o.train_limit.unwrap_or(usize::MAX));
@@ -519,7 +525,8 @@ fn run_nlg(o: &Options, method: &str) -> Result<()> {
         Scores::accuracy(before),
         after,
         &summary,
-    )
+    )?;
+    merge(o, &model, &model_dir, MergeOptions::default())
 }
 
 fn run_nlu(o: &Options, method: &str) -> Result<()> {
@@ -558,6 +565,7 @@ fn run_nlu(o: &Options, method: &str) -> Result<()> {
     let base = BertForSequenceClassification::from_pretrained(
         &model_dir,
         Some(labels.len()),
+        o.seed.unwrap_or(42),
         &device,
         dtype,
     )?;
@@ -587,7 +595,7 @@ fn run_nlu(o: &Options, method: &str) -> Result<()> {
             evaluate(&model)?,
             eval_examples.len()
         );
-        return Ok(());
+        return merge(o, &model, &model_dir, classifier_config(&model, &labels));
     }
     let cfg = adapter_config(o, Task::Nlu, method)?;
     let lc = loop_config(o, 0)?;
@@ -627,7 +635,59 @@ fn run_nlu(o: &Options, method: &str) -> Result<()> {
         before,
         after,
         &summary,
-    )
+    )?;
+    merge(o, &model, &model_dir, classifier_config(&model, &labels))
+}
+
+/// The merged classifier's `config.json` names its task class and the trained labels.
+fn classifier_config(model: &BertForSequenceClassification, labels: &LabelSet) -> MergeOptions {
+    let class = if model.config().model_type == "bert" {
+        "BertForSequenceClassification"
+    } else {
+        "RobertaForSequenceClassification"
+    };
+    let id2label: serde_json::Map<String, serde_json::Value> = labels
+        .names()
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (i.to_string(), n.clone().into()))
+        .collect();
+    let label2id: serde_json::Map<String, serde_json::Value> = labels
+        .names()
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.clone(), i.into()))
+        .collect();
+    let mut options = MergeOptions::default();
+    for (k, v) in [
+        ("architectures", serde_json::json!([class])),
+        ("id2label", id2label.into()),
+        ("label2id", label2id.into()),
+    ] {
+        options.config_overrides.insert(k.into(), v);
+    }
+    options
+}
+
+/// `--merge-to`: the adapter folded into a full checkpoint of the base model.
+fn merge<M: AdapterSlots>(
+    o: &Options,
+    model: &M,
+    model_dir: &Path,
+    options: MergeOptions,
+) -> Result<()> {
+    let Some(dir) = &o.merge_to else {
+        return Ok(());
+    };
+    let report = save_merged(model, model_dir, dir, &options)?;
+    println!(
+        "merged checkpoint: {} updated weights, {} shard(s), {:.0} MB in {}",
+        report.merged,
+        report.shards.len(),
+        report.total_bytes as f64 / 1e6,
+        dir.display()
+    );
+    Ok(())
 }
 
 /// Held-out scores: accuracy always, macro-F1 and MCC for classification.

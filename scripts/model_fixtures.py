@@ -10,7 +10,14 @@ Writes, each as small safetensors files:
   * smollm2/: reference logits (top-50 per position, full last row of prompt 0) of the real
     SmolLM2-135M-Instruct for three prompts and a right-padded batch of two, plus greedy
     generations of three chat prompts (`gen_prompt.i`, `gen_output.i`), and prompts.json;
-  * minilm/: all-MiniLM-L6-v2 [CLS], mean-pooled and pooler outputs of four sentences.
+  * minilm/: all-MiniLM-L6-v2 [CLS], mean-pooled and pooler outputs of four sentences;
+  * smollm2/sft.json: SFT tokenisation of SmolLM2-135M-Instruct — single-turn and multi-turn
+    chat rows rendered with transformers' `apply_chat_template` and tokenised at once (labels
+    on the assistant turns only: tokens whose offset starts inside an assistant turn's text),
+    and Alpaca rows as the PiSSA/BA-LoRA reference tokenises them (`prompt + response` with
+    special tokens, EOS appended, the first `len(tokenize(prompt))` labels masked).
+
+    scripts/model_fixtures.py [OUT] [--only sft]    (only the SFT tokenisation fixture)
 
 The real checkpoints come from scripts/fetch-assets ($BALORA_ASSETS, default .cache/assets).
 Pinned: torch==2.15.0 transformers==5.23.0 safetensors==0.8.0 (CPU):
@@ -185,9 +192,59 @@ def minilm(out):
         json.dump({"sentences": sentences}, f, indent=2)
 
 
+ALPACA = ("Below is an instruction that describes a task. Write a response that appropriately "
+          "completes the request.\n\n### Instruction:\n{}\n\n### Response:")
+SFT_ROWS = [
+    {"query": "What is 3 + 4?", "response": "3 + 4 = 7. The answer is 7."},
+    {"query": "A box holds 12 eggs. How many eggs are in 3 boxes?",
+     "response": "3 boxes hold 3 * 12 = 36 eggs.\nThe answer is 36."},
+    {"messages": [{"role": "system", "content": "You answer in one sentence."},
+                  {"role": "user", "content": "Name a prime number."},
+                  {"role": "assistant", "content": "Seven is prime."},
+                  {"role": "user", "content": "And an even one?"},
+                  {"role": "assistant", "content": "Two is the only even prime."}]},
+]
+
+
+def sft(out):
+    d = os.path.join(ASSETS, "models", "SmolLM2-135M-Instruct")
+    tok = AutoTokenizer.from_pretrained(d)
+    cases = []
+    for row in SFT_ROWS:
+        messages = row.get("messages") or [{"role": "user", "content": row["query"]},
+                                           {"role": "assistant", "content": row["response"]}]
+        full = tok.apply_chat_template(messages, tokenize=False)
+        spans = []
+        for i, m in enumerate(messages):
+            if m["role"] == "assistant":
+                start = tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+                end = tok.apply_chat_template(messages[:i + 1], tokenize=False)
+                assert full.startswith(start) and full.startswith(end)
+                spans.append((len(start.encode()), len(end.encode())))
+        enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
+        # offsets are character offsets into `full`; compare in bytes as the Rust side does
+        starts = [len(full[:a].encode()) for a, _ in enc.offset_mapping]
+        labels = [t if any(a <= s < b for a, b in spans) else -100
+                  for t, s in zip(enc.input_ids, starts)]
+        case = {"row": row, "format": "chat", "ids": enc.input_ids, "labels": labels}
+        cases.append(case)
+        if "query" in row:
+            prompt = ALPACA.format(row["query"])
+            source = len(tok(prompt).input_ids)
+            ids = tok(prompt + row["response"]).input_ids + [tok.eos_token_id]
+            cases.append({"row": row, "format": "alpaca", "ids": ids,
+                          "labels": [-100 if i < source else t for i, t in enumerate(ids)]})
+    with open(os.path.join(out, "smollm2", "sft.json"), "w") as f:
+        json.dump({"eos_token_id": tok.eos_token_id, "cases": cases}, f, indent=1)
+    print(f"sft: {len(cases)} cases")
+
+
 if __name__ == "__main__":
-    out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "..", "tests", "fixtures", "models")
+    args = [a for a in sys.argv[1:] if a not in ("--only", "sft")]
+    out = args[0] if args else os.path.join(HERE, "..", "tests", "fixtures", "models")
     os.makedirs(out, exist_ok=True)
-    tiny_models(out)
-    minilm(out)
-    smollm2(out)
+    if "--only" not in sys.argv:
+        tiny_models(out)
+        minilm(out)
+        smollm2(out)
+    sft(out)

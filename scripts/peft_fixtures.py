@@ -4,11 +4,19 @@
     make  [OUT]   build a tiny random MLP, adapt it with peft (LoRA; rsLoRA with rank/alpha
                   patterns; PiSSA saved converted to LoRA and unconverted), and write the base
                   weights, inputs, peft's outputs and peft's adapter directories to OUT
-                  (default tests/fixtures/peft). The Rust test `tests/peft_interop.rs` loads them.
+                  (default tests/fixtures/peft). Also SEQ_CLS adapters of the tiny BERT and
+                  RoBERTa classifiers of tests/fixtures/models and of a bare (unprefixed) BERT
+                  encoder, each with a perturbed head in `modules_to_save`, and peft's logits
+                  (`seqcls_*`, `seqcls_outputs.safetensors`). The Rust test
+                  `tests/peft_interop.rs` loads them.
     check DIR     load adapters that balora saved (DIR/<name>/ + DIR/expected.safetensors, written by
                   `cargo test --test peft_interop -- --ignored write_adapters_for_peft`) with peft
                   onto the same base model and compare peft's outputs with balora's, and the
                   tensors peft loaded (MonteCLoRA's sampler parameters included) with the file's.
+                  SEQ_CLS adapters load onto `AutoModelForSequenceClassification` of their
+                  `base_model_name_or_path`; their logits are compared. `merged_*` are full
+                  checkpoints written by `save_merged`: transformers loads them as their task
+                  class and must give balora's adapted logits.
 
 Pinned: torch==2.15.0 transformers==5.23.0 peft==0.21.2 safetensors==0.8.0 (CPU).
     python3 -m venv .venv && .venv/bin/pip install torch==2.15.0 transformers==5.23.0 \
@@ -19,10 +27,16 @@ import os
 import shutil
 import sys
 
+import json
+
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification,
+                          BertForSequenceClassification)
+
+torch.set_num_threads(2)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "..", "tests", "fixtures", "peft")
@@ -120,13 +134,116 @@ def make(out_dir):
         assert err < 1e-5, name
 
 
+MODELS = os.path.join(HERE, "..", "tests", "fixtures", "models")
+# (adapter name, base checkpoint: a model fixture or, None, the bare encoder in OUT, labels)
+SEQCLS = [("seqcls_bert", "tiny-bert-cls", 3),
+          ("seqcls_roberta", "tiny-roberta-cls", 2),
+          ("seqcls_bare", None, 2)]
+
+
+def classifier(base_dir, num_labels):
+    return AutoModelForSequenceClassification.from_pretrained(
+        base_dir, num_labels=num_labels, attn_implementation="eager").eval()
+
+
+def seqcls_logits(model, batch):
+    kwargs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+    with torch.no_grad():
+        return model(**kwargs).logits.float()
+
+
+def make_seqcls(out_dir):
+    """peft SEQ_CLS adapters on the tiny classifiers, with a perturbed head."""
+    torch.manual_seed(0)
+    # an encoder saved bare (keys `embeddings.*`, no `bert.` prefix), like all-MiniLM-L6-v2
+    bare = BertForSequenceClassification.from_pretrained(os.path.join(MODELS, "tiny-bert-cls"))
+    bare.bert.save_pretrained(os.path.join(out_dir, "seqcls_bare_base"), safe_serialization=True)
+    outputs = {}
+    for name, base, labels in SEQCLS:
+        base_dir = os.path.join(MODELS, base) if base else os.path.join(out_dir, "seqcls_bare_base")
+        batch = load_file(os.path.join(MODELS, base or "tiny-bert-cls", "reference.safetensors"))
+        model = get_peft_model(classifier(base_dir, labels), LoraConfig(
+            task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query", "value"],
+            init_lora_weights=False))
+        with torch.no_grad():
+            for p_name, p in model.named_parameters():
+                if "modules_to_save" in p_name:
+                    p.add_(0.3 * torch.randn_like(p))  # a trained head, not the checkpoint's
+        perturb_adapters(model)
+        model.eval()
+        for k, v in batch.items():
+            if k != "logits":
+                outputs[f"{name}.{k}"] = v
+        outputs[f"{name}.logits"] = seqcls_logits(model, batch)
+        model.save_pretrained(os.path.join(out_dir, name))
+        os.remove(os.path.join(out_dir, name, "README.md"))
+        # record the base relative to the repository, not this machine's path
+        config_path = os.path.join(out_dir, name, "adapter_config.json")
+        config = json.load(open(config_path))
+        config["base_model_name_or_path"] = (f"tests/fixtures/models/{base}" if base
+                                             else "tests/fixtures/peft/seqcls_bare_base")
+        with open(config_path, "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+        reloaded = PeftModel.from_pretrained(classifier(base_dir, labels), os.path.join(out_dir, name))
+        err = (seqcls_logits(reloaded, batch) - outputs[f"{name}.logits"]).abs().max().item()
+        print(f"{name}: peft reload max |Δ logits| = {err:.2e}")
+        assert err < 1e-5, name
+    save_file({k: v.contiguous() for k, v in outputs.items()},
+              os.path.join(out_dir, "seqcls_outputs.safetensors"))
+
+
+def check_seqcls(path, name, expected):
+    config = json.load(open(os.path.join(path, "adapter_config.json")))
+    saved = load_file(os.path.join(path, "adapter_model.safetensors"))
+    head = [v for k, v in saved.items() if k.endswith("classifier.weight")
+            or k.endswith("classifier.out_proj.weight")]
+    base = classifier(config["base_model_name_or_path"], head[0].shape[0])
+    model = PeftModel.from_pretrained(base, path).eval()
+    batch = {k.split(".", 1)[1]: v for k, v in expected.items() if k.startswith(f"{name}.")}
+    err = (seqcls_logits(model, batch) - batch["logits"]).abs().max().item()
+    loaded = get_peft_model_state_dict(model)
+    if set(saved) != set(loaded):
+        sys.exit(f"FAILED: {name}: keys only in balora's file {sorted(set(saved) - set(loaded))}, "
+                 f"only in peft's model {sorted(set(loaded) - set(saved))}")
+    err = max([err] + [(saved[k] - loaded[k]).abs().max().item() for k in saved])
+    print(f"{name}: peft logits and tensors vs balora max |Δ| = {err:.2e} ({len(saved)} tensors)")
+    return err
+
+
+def check_merged(path, name, expected):
+    """A merged checkpoint balora wrote, loaded by transformers as its task class."""
+    config = json.load(open(os.path.join(path, "config.json")))
+    batch = {k.split(".", 1)[1]: v for k, v in expected.items() if k.startswith(f"{name}.")}
+    kwargs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+    if config["model_type"] in ("bert", "roberta"):
+        model = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="eager")
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager")
+    with torch.no_grad():
+        logits = model.eval()(**kwargs).logits.float()
+    mask = batch["attention_mask"].bool()
+    if logits.dim() == 3:  # padded positions carry no meaning
+        logits, want = logits[mask], batch["logits"][mask]
+    else:
+        want = batch["logits"]
+    err = (logits - want).abs().max().item()
+    print(f"{name}: transformers' logits on balora's merged checkpoint vs balora max |Δ| = {err:.2e}")
+    return err
+
+
 def check(adapter_root):
     expected = load_file(os.path.join(adapter_root, "expected.safetensors"))
     base_dir = os.path.join(adapter_root, "base")
     worst = 0.0
     for name in sorted(os.listdir(adapter_root)):
         path = os.path.join(adapter_root, name)
+        if name.startswith("merged_"):
+            worst = max(worst, check_merged(path, name, expected))
+            continue
         if not os.path.isfile(os.path.join(path, "adapter_config.json")):
+            continue
+        if name.startswith("seqcls_"):
+            worst = max(worst, check_seqcls(path, name, expected))
             continue
         model = PeftModel.from_pretrained(base_model(base_dir), path)
         got = model(expected["x"]).detach()
@@ -148,6 +265,7 @@ def check(adapter_root):
 if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "make":
         make(sys.argv[2] if len(sys.argv) > 2 else DEFAULT_OUT)
+        make_seqcls(sys.argv[2] if len(sys.argv) > 2 else DEFAULT_OUT)
     elif len(sys.argv) == 3 and sys.argv[1] == "check":
         check(sys.argv[2])
     else:

@@ -9,13 +9,20 @@
 use std::path::{Path, PathBuf};
 
 use balora::adapters::{
-    AdapterSlots, InitMode, LoraConfig, LoraLinear, MonteCloraConfig, TargetModules, inject,
+    AdapterSlots, ForwardMode, InitMode, LoraConfig, LoraLinear, MonteCloraConfig, SavedParamMut,
+    TargetModules, inject,
 };
 use balora::burn::module::Module;
 use balora::burn::tensor::{DType, Device, Tensor, TensorData};
 use balora::io::tensors::{SafetensorsFile, write_safetensors};
-use balora::io::{InitLoraWeights, SaveOptions, load_adapter, read_config, save_adapter};
-use balora_testkit::{max_abs_diff, pseudo_random};
+use balora::io::{
+    InitLoraWeights, MergeOptions, SaveOptions, TaskType, load_adapter, read_config, save_adapter,
+    save_merged,
+};
+use balora_llama::LlamaForCausalLM;
+use balora_bert::BertForSequenceClassification;
+use balora_model::{CausalLm, SequenceClassifier, TokenBatch};
+use balora_testkit::{fixture, max_abs_diff, pseudo_random};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/peft")
@@ -275,6 +282,196 @@ fn bad_adapter_files_name_the_file_key_and_shapes() {
     assert!(load(&d).contains("use_dora"));
 }
 
+/// The SEQ_CLS cases of `scripts/peft_fixtures.py`: adapter name, base checkpoint, labels.
+fn seqcls_cases() -> [(&'static str, PathBuf, usize); 3] {
+    [
+        ("seqcls_bert", fixture("models/tiny-bert-cls"), 3),
+        ("seqcls_roberta", fixture("models/tiny-roberta-cls"), 2),
+        // a bare encoder checkpoint (keys without `bert.`), as all-MiniLM-L6-v2 ships
+        ("seqcls_bare", fixtures().join("seqcls_bare_base"), 2),
+    ]
+}
+
+/// The batch peft's logits of case `name` were computed on.
+fn seqcls_batch(name: &str) -> TokenBatch {
+    let file = SafetensorsFile::open(&fixtures().join("seqcls_outputs.safetensors")).unwrap();
+    let ints = |k: &str| -> Option<Vec<u32>> {
+        let (v, _) = file.values::<i64>(&format!("{name}.{k}")).ok()?;
+        Some(v.into_iter().map(|x| x as u32).collect())
+    };
+    let shape = file.shape(&format!("{name}.input_ids")).unwrap();
+    TokenBatch {
+        input_ids: ints("input_ids").unwrap(),
+        attention_mask: ints("attention_mask")
+            .unwrap()
+            .into_iter()
+            .map(|v| v as u8)
+            .collect(),
+        token_type_ids: ints("token_type_ids"),
+        dims: [shape[0], shape[1]],
+    }
+}
+
+fn seqcls_logits(name: &str, device: &Device) -> Tensor<2> {
+    let file = SafetensorsFile::open(&fixtures().join("seqcls_outputs.safetensors")).unwrap();
+    let key = format!("{name}.logits");
+    let shape = file.shape(&key).unwrap();
+    file.tensor(&key, [shape[0], shape[1]], device, DType::F32)
+        .unwrap()
+}
+
+#[test]
+fn seq_cls_adapters_saved_by_peft_reproduce_peft_logits() {
+    let device = Device::flex();
+    for (name, base, labels) in seqcls_cases() {
+        let mut model =
+            BertForSequenceClassification::from_pretrained(&base, Some(labels), 0, &device, DType::F32)
+                .unwrap();
+        let loaded = load_adapter(&mut model, &fixtures().join(name)).unwrap();
+        assert_eq!(loaded.adapted.len(), 4, "{name}: q and v of two layers");
+        let batch = seqcls_batch(name);
+        let got = model.logits(&batch, ForwardMode::Adapted);
+        let err = max_abs_diff(got, seqcls_logits(name, &device));
+        assert!(err < 1e-5, "{name}: balora differs from peft by {err:e}");
+    }
+}
+
+/// Move the adapters and the trainable head away from their initial values (a stand-in for
+/// training), each tensor by its own seeded noise.
+fn perturb_classifier(model: &mut BertForSequenceClassification) {
+    perturb_slots(model, 0.1);
+    let mut seed = 70;
+    model.visit_saved_modules_mut(&mut |_, param| {
+        seed += 1;
+        let s = seed;
+        match param {
+            SavedParamMut::Matrix(p) => {
+                *p = p.clone().map(|w| {
+                    let dims = w.dims();
+                    let n = Tensor::<2>::from_data(
+                        TensorData::new(pseudo_random(dims[0] * dims[1], s), dims),
+                        &w.device(),
+                    );
+                    (w + n.mul_scalar(0.3)).detach().require_grad()
+                })
+            }
+            SavedParamMut::Vector(p) => {
+                *p = p.clone().map(|b| {
+                    let [n] = b.dims();
+                    let noise = Tensor::<1>::from_data(
+                        TensorData::new(pseudo_random(n, s), [n]),
+                        &b.device(),
+                    );
+                    (b + noise.mul_scalar(0.3)).detach().require_grad()
+                })
+            }
+        }
+    });
+}
+
+/// A trained classifier saved as a SEQ_CLS adapter: `lora_*` of every adapted layer, the
+/// head under peft's `modules_to_save` keys, `--task nlu --eval-only` then reproduces it.
+fn trained_classifier(
+    base: &Path,
+    labels: usize,
+    device: &Device,
+) -> (BertForSequenceClassification, LoraConfig) {
+    let cfg = LoraConfig::new(4, TargetModules::names(["query", "value"])).with_lora_alpha(8.0);
+    let model =
+        BertForSequenceClassification::from_pretrained(base, Some(labels), 1, device, DType::F32)
+            .unwrap();
+    let (mut model, _) = inject(model, &cfg).unwrap();
+    perturb_classifier(&mut model);
+    (model, cfg)
+}
+
+#[test]
+fn classification_adapters_keep_their_trained_head() {
+    let device = Device::flex().autodiff();
+    for (name, base, labels) in seqcls_cases() {
+        let (model, cfg) = trained_classifier(&base, labels, &device);
+        let batch = seqcls_batch(name);
+        let want = model.logits(&batch, ForwardMode::Adapted);
+        let dir = tempfile::tempdir().unwrap();
+        let options = SaveOptions {
+            task_type: Some(TaskType::SeqCls),
+            ..SaveOptions::default()
+        };
+        let written = save_adapter(&model, &cfg, dir.path(), &options).unwrap();
+        assert_eq!(written.modules_to_save, Some(vec!["classifier".to_string()]));
+        let file = SafetensorsFile::open(&dir.path().join("adapter_model.safetensors")).unwrap();
+        let head: Vec<String> = file
+            .names()
+            .into_iter()
+            .filter(|k| !k.contains(".lora_"))
+            .collect();
+        let expected_head: &[&str] = if name == "seqcls_roberta" {
+            &[
+                "base_model.model.classifier.dense.bias",
+                "base_model.model.classifier.dense.weight",
+                "base_model.model.classifier.out_proj.bias",
+                "base_model.model.classifier.out_proj.weight",
+            ]
+        } else {
+            &[
+                "base_model.model.classifier.bias",
+                "base_model.model.classifier.weight",
+            ]
+        };
+        assert_eq!(head, expected_head, "{name}");
+        let prefix = if name == "seqcls_roberta" { "roberta" } else { "bert" };
+        assert!(
+            file.names()
+                .contains(&format!("base_model.model.{prefix}.encoder.layer.0.attention.self.query.lora_A.weight")),
+            "{name}: module paths are transformers' *ForSequenceClassification paths"
+        );
+        // a fresh model (another head seed) with the adapter loaded gives the trained logits
+        let mut fresh =
+            BertForSequenceClassification::from_pretrained(&base, Some(labels), 99, &device, DType::F32)
+                .unwrap();
+        load_adapter(&mut fresh, dir.path()).unwrap();
+        let err = max_abs_diff(fresh.logits(&batch, ForwardMode::Adapted), want);
+        assert!(err == 0.0, "{name}: reloaded classifier differs by {err:e}");
+        // a head of the wrong number of labels is refused with the key and both shapes (on
+        // the bare encoder, whose head is not fixed by its checkpoint)
+        if name != "seqcls_bare" {
+            continue;
+        }
+        let mut other =
+            BertForSequenceClassification::from_pretrained(&base, Some(labels + 1), 0, &device, DType::F32)
+                .unwrap();
+        let e = load_adapter(&mut other, dir.path()).unwrap_err().to_string();
+        assert!(e.contains("classifier") && e.contains(&format!("[{labels}")), "{e}");
+    }
+}
+
+#[test]
+fn monteclora_pissa_saved_converted_is_plain_lora() {
+    let device = Device::flex().autodiff();
+    let cfg = LoraConfig::new(3, TargetModules::names(["q_proj", "v_proj"]))
+        .with_lora_alpha(6.0)
+        .with_init(InitMode::Pissa)
+        .with_monteclora(Some(MonteCloraConfig::new()));
+    let (mut model, _) = inject(TinyMlp::load(&fixtures(), &device), &cfg).unwrap();
+    perturb(&mut model);
+    let x = Tensor::<2>::from_data(TensorData::new(pseudo_random(24, 3), [3, 8]), &device);
+    let want = model.forward(x.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let written = save_adapter(&model, &cfg, dir.path(), &SaveOptions::default()).unwrap();
+    assert_eq!(written.r, 6);
+    let file = SafetensorsFile::open(&dir.path().join("adapter_model.safetensors")).unwrap();
+    assert!(
+        file.names().iter().all(|k| k.contains(".lora_A.") || k.contains(".lora_B.")),
+        "a converted adapter keeps only lora_A / lora_B, as peft's conversion: {:?}",
+        file.names()
+    );
+    let text = std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap();
+    assert!(!text.contains("monteclora_config"), "{text}");
+    let mut fresh = TinyMlp::load(&fixtures(), &device);
+    load_adapter(&mut fresh, dir.path()).unwrap();
+    assert!(max_abs_diff(fresh.forward(x), want) < 1e-5);
+}
+
 /// Writes balora-saved adapters plus inputs/outputs for `scripts/peft_fixtures.py check`.
 #[test]
 #[ignore = "writes target/peft-interop for the Python check; run by hand"]
@@ -298,6 +495,8 @@ fn write_adapters_for_peft() {
         ("pissa_fast", InitMode::PissaFast { niter: 4 }, false, false),
         // evaluated as its mean (plain LoRA); peft must also load the sampler parameters
         ("monteclora", InitMode::Gaussian, false, true),
+        // converted to plain LoRA of rank 2r: no sampler tensors, as peft's conversion
+        ("monteclora_pissa", InitMode::Pissa, false, true),
     ] {
         let cfg = LoraConfig::new(3, TargetModules::names(["q_proj", "v_proj"]))
             .with_lora_alpha(6.0)
@@ -309,5 +508,94 @@ fn write_adapters_for_peft() {
         expected.insert(format!("y_{name}"), model.forward(x.clone()).to_data());
         save_adapter(&model, &cfg, &root.join(name), &SaveOptions::default()).unwrap();
     }
+    // SEQ_CLS: peft loads them onto AutoModelForSequenceClassification of the recorded base
+    for (name, base, labels) in seqcls_cases() {
+        let (model, cfg) = trained_classifier(&base, labels, &device);
+        let batch = seqcls_batch(name);
+        let b = batch.batch_size();
+        let ids: Vec<i64> = batch.input_ids.iter().map(|&v| v as i64).collect();
+        let mask: Vec<i64> = batch.attention_mask.iter().map(|&v| v as i64).collect();
+        let dims = batch.dims;
+        expected.insert(format!("{name}.input_ids"), TensorData::new(ids, dims));
+        expected.insert(format!("{name}.attention_mask"), TensorData::new(mask, dims));
+        if let Some(types) = &batch.token_type_ids {
+            let types: Vec<i64> = types.iter().map(|&v| v as i64).collect();
+            expected.insert(format!("{name}.token_type_ids"), TensorData::new(types, dims));
+        }
+        let logits = model.logits(&batch, ForwardMode::Adapted);
+        assert_eq!(logits.dims()[0], b);
+        expected.insert(format!("{name}.logits"), logits.to_data());
+        let options = SaveOptions {
+            task_type: Some(TaskType::SeqCls),
+            base_model_name_or_path: Some(base.display().to_string()),
+            ..SaveOptions::default()
+        };
+        save_adapter(&model, &cfg, &root.join(name), &options).unwrap();
+    }
+    // merged exports: transformers loads them as plain checkpoints
+    let merged_llama = {
+        let base = fixture("models/tiny-llama");
+        let model = LlamaForCausalLM::from_pretrained(&base, &device, DType::F32).unwrap();
+        let cfg = LoraConfig::new(3, TargetModules::names(["q_proj", "v_proj", "down_proj"]))
+            .with_lora_alpha(6.0)
+            .with_init(InitMode::Pissa);
+        let (mut model, _) = inject(model, &cfg).unwrap();
+        perturb_slots(&mut model, 0.2);
+        let options = MergeOptions {
+            max_shard_bytes: 40_000,
+            ..MergeOptions::default()
+        };
+        save_merged(&model, &base, &root.join("merged_llama"), &options).unwrap();
+        let batch = TokenBatch::right_padded(&[vec![5, 9, 17, 33, 2, 71], vec![4, 40, 100]], 0);
+        (batch.clone(), model.logits(&batch, ForwardMode::Adapted).to_data())
+    };
+    let merged_bert = {
+        let (base, labels) = (fixtures().join("seqcls_bare_base"), 2);
+        let (model, _) = trained_classifier(&base, labels, &device);
+        let mut options = MergeOptions::default();
+        options
+            .config_overrides
+            .insert("architectures".into(), serde_json::json!(["BertForSequenceClassification"]));
+        options.config_overrides.insert(
+            "id2label".into(),
+            serde_json::json!({"0": "neg", "1": "pos"}),
+        );
+        options
+            .config_overrides
+            .insert("label2id".into(), serde_json::json!({"neg": 0, "pos": 1}));
+        save_merged(&model, &base, &root.join("merged_bert"), &options).unwrap();
+        let batch = seqcls_batch("seqcls_bare");
+        (batch.clone(), model.logits(&batch, ForwardMode::Adapted).to_data())
+    };
+    for (name, (batch, logits)) in [("merged_llama", merged_llama), ("merged_bert", merged_bert)] {
+        let dims = batch.dims;
+        let ints = |v: &[u32]| TensorData::new(v.iter().map(|&x| x as i64).collect(), dims);
+        expected.insert(format!("{name}.input_ids"), ints(&batch.input_ids));
+        let mask: Vec<u32> = batch.attention_mask.iter().map(|&m| m as u32).collect();
+        expected.insert(format!("{name}.attention_mask"), ints(&mask));
+        if let Some(types) = &batch.token_type_ids {
+            expected.insert(format!("{name}.token_type_ids"), ints(types));
+        }
+        expected.insert(format!("{name}.logits"), logits);
+    }
     write_safetensors(&root.join("expected.safetensors"), &expected).unwrap();
+}
+
+/// Move every `lora_B` off its start by `amount` of seeded noise (a stand-in for training).
+fn perturb_slots<M: AdapterSlots>(model: &mut M, amount: f64) {
+    let mut seed = 90;
+    model.visit_slots_mut(&mut |_, slot| {
+        if let Some(ad) = &mut slot.adapter {
+            seed += 1;
+            let s = seed;
+            ad.lora_b = ad.lora_b.clone().map(|b| {
+                let dims = b.dims();
+                let n = Tensor::<2>::from_data(
+                    TensorData::new(pseudo_random(dims[0] * dims[1], s), dims),
+                    &b.device(),
+                );
+                (b + n.mul_scalar(amount)).detach().require_grad()
+            });
+        }
+    });
 }

@@ -13,7 +13,7 @@ use balora::burn::tensor::{DType, Device, Distribution, Tensor};
 use balora::losses::{BaLoraLoss, RegularizerConfig, Task};
 use balora::model::CausalLm;
 use balora::train::data::Example;
-use balora::train::metrics::{peak_rss_mb, read_metrics};
+use balora::train::metrics::{StepMetrics, StepTiming, peak_rss_mb, read_metrics};
 use balora::train::optim::AdamWConfig;
 use balora::train::schedule::LrSchedule;
 use balora::train::{LoopConfig, NlgObjective, train};
@@ -223,9 +223,10 @@ fn train_job<M: CausalLm + Module + AdapterSlots>(
         device,
     )?;
     drop(model);
-    let metrics = read_metrics(&out.path().join("metrics.jsonl"))?;
+    let timing: Vec<StepTiming> = read_metrics(&out.path().join("timing.jsonl"))?;
+    let metrics: Vec<StepMetrics> = read_metrics(&out.path().join("metrics.jsonl"))?;
     Ok(Outcome {
-        seconds: metrics.iter().skip(warmup).map(|m| m.step_s).collect(),
+        seconds: timing.iter().skip(warmup).map(|m| m.step_s).collect(),
         loss: metrics.iter().map(|m| m.loss).collect(),
         trainable: report.trainable_params,
         ..Outcome::default()

@@ -38,7 +38,8 @@ pub fn initial_factors(
     let [out, inp] = weight.dims();
     let r = config.r;
     let device = weight.device();
-    let dtype = weight.dtype();
+    // factors train in f32 over a half-precision base
+    let dtype = balora_kernels::training_dtype(weight.dtype());
     let seed = path_seed(config.seed, path);
     match config.init {
         InitMode::Gaussian => {
@@ -79,7 +80,8 @@ pub fn initial_factors(
 }
 
 /// PiSSA in the host precision `T` (f32 like peft, or f64): `A = diag(√(S_r/s))·V_rᵀ`,
-/// `B = U_r·diag(√(S_r/s))`, `W_res = W − s·B·A`, all cast back to the weight's dtype.
+/// `B = U_r·diag(√(S_r/s))` in the training dtype (f32 over a half-precision base),
+/// `W_res = W − s·B·A` computed in that dtype too and cast once to the weight's.
 fn pissa<T: HostFloat>(
     weight: &Tensor<2>,
     config: &LoraConfig,
@@ -90,7 +92,7 @@ fn pissa<T: HostFloat>(
     let r = config.r;
     let s = config.scale();
     let device = weight.device();
-    let dtype = weight.dtype();
+    let dtype = balora_kernels::training_dtype(weight.dtype());
     // the weight's values in T (no conversion when the dtypes agree), viewed by faer in place:
     // the row-major [out, in] buffer is the column-major [in, out] matrix Wᵀ
     let host: Vec<T> =
@@ -125,8 +127,9 @@ fn pissa<T: HostFloat>(
     let lora_a = Tensor::<2>::from_data(TensorData::new(a, [r, inp]), (&device, dtype));
     let lora_b = Tensor::<2>::from_data(TensorData::new(b, [out, r]), (&device, dtype));
     // W_res = W − s·B·A, on the device: one GEMM, no host round trip of a weight-sized matrix
-    let residual =
-        weight.clone() - balora_kernels::matmul(lora_b.clone(), lora_a.clone()).mul_scalar(s);
+    let residual = (weight.clone().cast(dtype)
+        - balora_kernels::matmul(lora_b.clone(), lora_a.clone()).mul_scalar(s))
+    .cast(weight.dtype());
     Ok(InitialFactors {
         lora_a,
         lora_b,

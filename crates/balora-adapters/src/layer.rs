@@ -197,10 +197,13 @@ impl LoraLinear {
                     let mut y = lora_linear(x.clone(), weight, bias, initial);
                     if adapter.merged {
                         // The merged weight holds s·B·A; the teacher must not see it.
-                        let h = x.matmul(adapter.lora_a.val().detach().transpose());
-                        y = y - h
+                        let a = adapter.lora_a.val().detach();
+                        let h = x.cast(a.dtype()).matmul(a.transpose());
+                        let delta = h
                             .matmul(adapter.lora_b.val().detach().transpose())
                             .mul_scalar(s);
+                        let dtype = y.dtype();
+                        y = y - delta.cast(dtype);
                     }
                     y
                 }
@@ -315,11 +318,29 @@ impl LoraLinear {
         }
         let delta = adapter.delta_weight().detach();
         self.weight = self.weight.clone().map(|w| {
+            let delta = delta.cast(w.dtype());
             let w = if merge { w + delta } else { w - delta };
             w.set_require_grad(false)
         });
         adapter.merged = merge;
         true
+    }
+
+    /// The update this layer's adapter makes to the *pretrained* weight `W`, `[out, in]`:
+    /// `s·B·A`, minus `s·B₀·A₀` under PiSSA (whose base in memory is the residual
+    /// `W − s·B₀·A₀`). `W + ΔW` is the fine-tuned layer; a merged export adds it to the
+    /// checkpoint's weight. `None` without an adapter. Detached; MonteCLoRA contributes its mean.
+    pub fn delta_from_pretrained(&self) -> Option<Tensor<2>> {
+        let adapter = self.adapter.as_ref()?;
+        let delta = adapter.delta_weight();
+        let delta = match &adapter.initial {
+            Some(init) => {
+                let w0 = init.lora_b.val().matmul(init.lora_a.val());
+                delta - w0.mul_scalar(adapter.scale)
+            }
+            None => delta,
+        };
+        Some(delta.detach())
     }
 
     /// Remove the adapter and return the plain base layer's weight to `W` as it was before
@@ -336,7 +357,7 @@ impl LoraLinear {
             self.weight = self
                 .weight
                 .clone()
-                .map(|w| (w + w0).set_require_grad(false));
+                .map(|w| (w.clone() + w0.cast(w.dtype())).set_require_grad(false));
         }
         Some(adapter)
     }

@@ -37,12 +37,13 @@ mod slots;
 mod special;
 pub mod svd;
 
+pub use balora_kernels::training_dtype;
 pub use config::{InitMode, LoraConfig, TargetMatcher, TargetModules};
 pub use error::AdapterError;
 pub use init::{InitialFactors, initial_factors};
 pub use layer::{ForwardMode, InitialAdapter, LoraAdapter, LoraLinear, frozen_linear};
 pub use monteclora::{MonteClora, MonteCloraConfig, MonteCloraSample, MonteCloraTerms};
 pub use slots::{
-    AdapterSlots, InjectionReport, clear_monteclora, draw_monteclora, inject, merge_all,
+    AdapterSlots, InjectionReport, SavedParam, SavedParamMut, clear_monteclora, draw_monteclora, inject, merge_all,
     monteclora_loss, trainable_adapter_params, unmerge_all,
 };

@@ -1,7 +1,7 @@
 //! The seam between models and adapters: a model lists its linear layers by module path, and
 //! injection attaches adapters to the targeted ones.
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::tensor::Tensor;
 
 use crate::{AdapterError, LoraConfig, LoraLinear};
@@ -17,6 +17,44 @@ pub trait AdapterSlots {
     fn visit_slots(&self, f: &mut dyn FnMut(&str, &LoraLinear));
     /// Visit every adaptable linear layer, mutably.
     fn visit_slots_mut(&mut self, f: &mut dyn FnMut(&str, &mut LoraLinear));
+
+    /// Whether the checkpoint stores these layers' weights transposed, `[in, out]` (GPT-2's
+    /// `Conv1D`; peft's `fan_in_fan_out`). The slots themselves are always `[out, in]`.
+    fn fan_in_fan_out(&self) -> bool {
+        false
+    }
+
+    /// The modules this model trains in full beside its adapters — peft's `modules_to_save`,
+    /// e.g. `["classifier"]` for a sequence classifier's fresh head. Empty by default.
+    fn modules_to_save(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Visit every tensor of [`Self::modules_to_save`] by its Hugging Face path
+    /// (`classifier.out_proj.weight`): what an adapter file must carry besides `lora_A` /
+    /// `lora_B` for the trained model to be reproduced.
+    fn visit_saved_modules(&self, _f: &mut dyn FnMut(&str, SavedParam<'_>)) {}
+
+    /// Visit the same tensors mutably (loading an adapter replaces them).
+    fn visit_saved_modules_mut(&mut self, _f: &mut dyn FnMut(&str, SavedParamMut<'_>)) {}
+}
+
+/// A tensor of a module trained in full (see [`AdapterSlots::modules_to_save`]), by rank.
+#[derive(Debug, Clone, Copy)]
+pub enum SavedParam<'a> {
+    /// A bias.
+    Vector(&'a Param<Tensor<1>>),
+    /// A weight.
+    Matrix(&'a Param<Tensor<2>>),
+}
+
+/// A mutable tensor of a module trained in full, by rank.
+#[derive(Debug)]
+pub enum SavedParamMut<'a> {
+    /// A bias.
+    Vector(&'a mut Param<Tensor<1>>),
+    /// A weight.
+    Matrix(&'a mut Param<Tensor<2>>),
 }
 
 /// Summary of an injection, for logs (`trainable params: … || all params: …`, as peft prints).
@@ -75,7 +113,7 @@ where
 }
 
 /// Number of trainable adapter parameters (`r·(in + out)` per adapted layer, plus `r + N`
-/// with MonteCLoRA).
+/// with MonteCLoRA); the tensors of [`AdapterSlots::modules_to_save`] are not counted.
 pub fn trainable_adapter_params<M: AdapterSlots>(model: &M) -> usize {
     let mut n = 0;
     model.visit_slots(&mut |_, slot| {

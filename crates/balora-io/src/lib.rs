@@ -4,12 +4,14 @@
 pub mod checkpoint;
 mod error;
 pub mod fs;
+mod merged;
 mod peft;
 pub mod tensors;
 mod tokenizer;
 
 pub use checkpoint::{HfCheckpoint, LoadOptions, LoadReport, MODEL_CONFIG};
 pub use error::IoError;
+pub use merged::{MergeOptions, MergeReport, save_merged};
 pub use peft::{
     CONFIG_FILE, InitLoraWeights, KEY_PREFIX, LoadedAdapter, PeftConfig, SaveOptions, TaskType,
     WEIGHTS_FILE, load_adapter, read_config, save_adapter,

@@ -4,6 +4,10 @@
 //! (`[out, r]`), exactly as `PeftModel.save_pretrained` writes them, so an adapter trained
 //! here loads in peft with `PeftModel.from_pretrained(base, dir)` and vice versa.
 //!
+//! Modules a model trains in full beside its adapters (a classifier head: peft's
+//! `modules_to_save`) are saved too, under `base_model.model.<module>.<tensor>` (peft's keys
+//! once it strips its `modules_to_save.default` wrapper), and loaded back.
+//!
 //! PiSSA adapters are converted to plain LoRA on save by default (spec §2.4):
 //! `ΔW = s·(B·A − B₀·A₀) = s·[B | −B₀]·[A; A₀]`, i.e. rank 2r and `lora_alpha` doubled
 //! (`√2·α` with rsLoRA) so `s` is unchanged. The converted adapter applies to the *original*
@@ -12,7 +16,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use balora_adapters::{AdapterSlots, InitMode, LoraConfig, TargetModules};
+use balora_adapters::{
+    AdapterSlots, InitMode, LoraConfig, SavedParam, SavedParamMut, TargetModules,
+};
 use burn::module::Param;
 use burn::tensor::{Tensor, TensorData};
 use regex::Regex;
@@ -114,6 +120,9 @@ pub struct PeftConfig {
     /// Per-layer alpha overrides (regex key → alpha).
     #[serde(default)]
     pub alpha_pattern: BTreeMap<String, f64>,
+    /// Modules trained in full and saved beside the factors (a classifier head).
+    #[serde(default)]
+    pub modules_to_save: Option<Vec<String>>,
     /// Task type.
     #[serde(default)]
     pub task_type: Option<TaskType>,
@@ -182,6 +191,11 @@ pub fn save_adapter<M: AdapterSlots>(
         };
         tensors.insert(key(path, "lora_A"), to_data(a));
         tensors.insert(key(path, "lora_B"), to_data(b));
+        // A converted adapter is plain LoRA of rank 2r (as peft's conversion writes it): the
+        // rank-r sampler has no counterpart there, and evaluation uses the mean adapter.
+        if convert {
+            return;
+        }
         if let Some(mc) = &adapter.monteclora {
             let sampler = |name: &str| format!("{KEY_PREFIX}{path}.lora_monteclora_sampler.{name}");
             let vec = |t: Tensor<1>| t.detach().into_data();
@@ -193,6 +207,14 @@ pub fn save_adapter<M: AdapterSlots>(
             tensors.insert(sampler("gaussian_var_prior"), to_data(mc.last_covariance()));
             tensors.insert(sampler("expert_weights"), vec(mc.last_weights()));
         }
+    });
+    let modules_to_save = model.modules_to_save();
+    model.visit_saved_modules(&mut |path, param| {
+        let data = match param {
+            SavedParam::Vector(p) => p.val().detach().into_data(),
+            SavedParam::Matrix(p) => to_data(p.val()),
+        };
+        tensors.insert(format!("{KEY_PREFIX}{path}"), data);
     });
     let (r, alpha) = if convert {
         let alpha = if config.use_rslora {
@@ -217,16 +239,18 @@ pub fn save_adapter<M: AdapterSlots>(
         use_rslora: config.use_rslora,
         use_dora: false,
         lora_dropout: config.lora_dropout,
-        fan_in_fan_out: false,
+        fan_in_fan_out: model.fan_in_fan_out(),
         bias: "none".into(),
         init_lora_weights: init,
         rank_pattern: BTreeMap::new(),
         alpha_pattern: BTreeMap::new(),
+        modules_to_save: (!modules_to_save.is_empty()).then_some(modules_to_save),
         task_type: options.task_type,
         base_model_name_or_path: options.base_model_name_or_path.clone(),
     };
     write_safetensors(&dir.join(WEIGHTS_FILE), &tensors)?;
-    write_config(&dir.join(CONFIG_FILE), &peft, config.monteclora.as_ref())?;
+    let monteclora = config.monteclora.as_ref().filter(|_| !convert);
+    write_config(&dir.join(CONFIG_FILE), &peft, monteclora)?;
     Ok(peft)
 }
 
@@ -244,7 +268,6 @@ fn write_config(
     let mut value = serde_json::to_value(config).map_err(json_err)?;
     if let Value::Object(map) = &mut value {
         map.insert("inference_mode".into(), json!(true));
-        map.insert("modules_to_save".into(), Value::Null);
         map.insert("layers_to_transform".into(), Value::Null);
         map.insert("layers_pattern".into(), Value::Null);
         map.insert("revision".into(), Value::Null);
@@ -375,7 +398,80 @@ pub fn load_adapter<M: AdapterSlots>(model: &mut M, dir: &Path) -> Result<Loaded
             key: k,
         });
     }
+    load_saved_modules(model, &config, &file)?;
     Ok(LoadedAdapter { config, adapted })
+}
+
+/// Replace the tensors of the model's fully trained modules with those the file carries for
+/// the modules `config.modules_to_save` names. Every such file tensor must belong to the
+/// model and fit its shape; a module the config names but the file lacks is an error.
+fn load_saved_modules<M: AdapterSlots>(
+    model: &mut M,
+    config: &PeftConfig,
+    file: &SafetensorsFile,
+) -> Result<(), IoError> {
+    let Some(modules) = &config.modules_to_save else {
+        return Ok(());
+    };
+    let in_module = |name: &str| {
+        let name = name.strip_prefix(KEY_PREFIX).unwrap_or(name);
+        modules.iter().any(|m| {
+            name.strip_prefix(m.as_str())
+                .is_some_and(|rest| rest.starts_with('.'))
+                || name.contains(&format!(".{m}."))
+        })
+    };
+    let mut remaining: Vec<String> = file
+        .names()
+        .into_iter()
+        .filter(|k| !k.contains(".lora_") && in_module(k))
+        .collect();
+    let mut result = Ok(());
+    model.visit_saved_modules_mut(&mut |path, param| {
+        let k = format!("{KEY_PREFIX}{path}");
+        let Some(i) = remaining.iter().position(|r| *r == k) else {
+            if result.is_ok() && in_module(&k) {
+                result = Err(IoError::MissingTensor {
+                    path: file.path().to_path_buf(),
+                    key: k,
+                });
+            }
+            return;
+        };
+        remaining.swap_remove(i);
+        if result.is_err() {
+            return;
+        }
+        result = match param {
+            SavedParamMut::Vector(p) => replace(p, file, &k),
+            SavedParamMut::Matrix(p) => replace(p, file, &k),
+        };
+    });
+    result?;
+    match remaining.into_iter().next() {
+        Some(k) => Err(IoError::UnexpectedTensor {
+            path: file.path().to_path_buf(),
+            key: k,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Load `key` into `param` with the parameter's shape, device, dtype and trainability.
+fn replace<const D: usize>(
+    param: &mut Param<Tensor<D>>,
+    file: &SafetensorsFile,
+    key: &str,
+) -> Result<(), IoError> {
+    let current = param.val();
+    let t = file.tensor::<D>(key, current.dims(), &current.device(), current.dtype())?;
+    let t = if param.is_require_grad() {
+        t.require_grad()
+    } else {
+        t
+    };
+    *param = Param::from_tensor(t);
+    Ok(())
 }
 
 /// Attach the factors stored for `path` in `file` to `slot` (see [`load_adapter`]).
@@ -391,7 +487,8 @@ fn attach_from_file(
     let [out, inp] = slot.dims();
     let r = file.shape(&ka).map_or(0, |s| s[0]);
     let device = slot.weight.val().device();
-    let dtype = slot.weight.val().dtype();
+    // factors are loaded in the training dtype: f32 over a half-precision base
+    let dtype = balora_adapters::training_dtype(slot.weight.val().dtype());
     let a = file.tensor(&ka, [r, inp], &device, dtype)?;
     let b = file.tensor(&kb, [out, r], &device, dtype)?;
     let scale = config.scale_for(path, r);

@@ -33,6 +33,8 @@ fn file_dtype(dtype: DType) -> Option<Dtype> {
         DType::F32 => Dtype::F32,
         DType::F16 => Dtype::F16,
         DType::BF16 => Dtype::BF16,
+        DType::I64 => Dtype::I64,
+        DType::I32 => Dtype::I32,
         _ => return None,
     })
 }
@@ -103,6 +105,25 @@ impl SafetensorsFile {
         Ok((data.iter::<E>().collect(), shape))
     }
 
+    /// A tensor's values on the host in the file's own dtype (a merged export copies them).
+    pub fn data(&self, key: &str) -> Result<TensorData, IoError> {
+        let st = self.parse()?;
+        let view = st.tensor(key).map_err(|_| IoError::MissingTensor {
+            path: self.path.clone(),
+            key: key.to_string(),
+        })?;
+        let dtype = burn_dtype(view.dtype()).ok_or_else(|| IoError::Dtype {
+            path: self.path.clone(),
+            key: key.to_string(),
+            dtype: format!("{:?}", view.dtype()),
+        })?;
+        Ok(TensorData::from_bytes_vec(
+            view.data().to_vec(),
+            view.shape().to_vec(),
+            dtype,
+        ))
+    }
+
     /// Load one tensor onto `device` in `dtype`, checking its shape.
     pub fn tensor<const D: usize>(
         &self,
@@ -134,7 +155,7 @@ impl SafetensorsFile {
     }
 }
 
-/// Write named float tensors to a safetensors file atomically, with peft's metadata
+/// Write named tensors (floats, and i64/i32 for fixtures) to a safetensors file atomically, with peft's metadata
 /// `{"format": "pt"}` (transformers refuses files without it).
 pub fn write_safetensors(
     path: &Path,

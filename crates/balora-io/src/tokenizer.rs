@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use minijinja::{Environment, context};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 use crate::IoError;
@@ -38,7 +38,7 @@ pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer, IoError> {
 }
 
 /// One chat message.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ChatMessage {
     /// `system`, `user` or `assistant`.
     pub role: String,

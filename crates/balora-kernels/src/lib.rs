@@ -18,10 +18,12 @@ pub mod activation;
 pub mod flex;
 mod gemm;
 pub mod linear;
+mod precision;
 mod rows;
 pub mod simd;
 pub mod vocab;
 
 pub use activation::{Activation, activation, activation_composed};
 pub use linear::{LowRank, gram, lora_linear, lora_linear_composed, matmul};
+pub use precision::training_dtype;
 pub use vocab::{VocabTermsConfig, gram_matrices, vocab_terms, vocab_terms_composed};

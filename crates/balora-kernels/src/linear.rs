@@ -136,8 +136,12 @@ pub fn lora_linear_composed(
         y = y + b.unsqueeze_dim(0);
     }
     if let Some(lr) = low_rank {
-        let h = lr.input.matmul(lr.a.transpose());
-        y = y + h.matmul(lr.b.transpose()).mul_scalar(lr.scale);
+        // mixed precision: the branch runs in the factors' dtype (f32 over a bf16 base) and
+        // its result is added in the base's
+        let h = lr.input.cast(lr.a.dtype()).matmul(lr.a.transpose());
+        let delta = h.matmul(lr.b.transpose()).mul_scalar(lr.scale);
+        let dtype = y.dtype();
+        y = y + delta.cast(dtype);
     }
     y
 }

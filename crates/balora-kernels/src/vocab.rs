@@ -154,6 +154,10 @@ pub fn vocab_terms(
         );
     }
     config.check(n, v);
+    // every term is reduced in f32 over half-precision logits (docs/methods.md)
+    let dtype = crate::training_dtype(logits.dtype());
+    let logits = logits.cast(dtype);
+    let teacher = teacher.map(|t| t.cast(dtype));
     let fused = on_flex(&logits)
         && matches!(logits.dtype(), DType::F32 | DType::F64)
         && teacher.as_ref().is_none_or(|t| t.dtype() == logits.dtype());

@@ -71,6 +71,10 @@ impl BaLoraLoss {
         F: FnOnce() -> Tensor<2>,
     {
         self.expect_task(Task::Nlu)?;
+        // the terms are computed in f32 over half-precision logits (docs/methods.md)
+        let dtype = balora_kernels::training_dtype(student.dtype());
+        let student = student.cast(dtype);
+        let teacher = || teacher().cast(dtype);
         let lambdas = self.config.lambdas_at(step, self.total_steps);
         let mut skipped = Vec::new();
         let consistency = if lambdas[0] > 0.0 {
@@ -146,6 +150,10 @@ impl BaLoraLoss {
     {
         self.expect_task(Task::Nlg)?;
         let c = &self.config;
+        // the terms are computed in f32 over half-precision logits (docs/methods.md)
+        let dtype = balora_kernels::training_dtype(student.dtype());
+        let student = student.cast(dtype);
+        let teacher = || teacher().cast(dtype);
         let [b, t, v] = student.dims();
         if task.is_none() {
             // the labels are targets here, not only a mask: they must be token ids

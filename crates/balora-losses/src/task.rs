@@ -59,7 +59,8 @@ pub fn causal_lm_loss(logits: Tensor<3>, labels: &[i64]) -> Result<Tensor<1>, Lo
     let [b, t, v] = logits.dims();
     check_labels(labels, [b, t, v])?;
     if t < 2 {
-        return Ok(Tensor::zeros([1], (&logits.device(), logits.dtype())));
+        let dtype = balora_kernels::training_dtype(logits.dtype());
+        return Ok(Tensor::zeros([1], (&logits.device(), dtype)));
     }
     let (targets, n) = shifted_targets(labels, t);
     let config = VocabTermsConfig {
@@ -89,6 +90,8 @@ pub fn classification_loss(logits: Tensor<2>, labels: &[i64]) -> Result<Tensor<1
     }
     let targets =
         Tensor::<2, Int>::from_data(TensorData::new(labels.to_vec(), [b, 1]), &logits.device());
+    let dtype = balora_kernels::training_dtype(logits.dtype());
+    let logits = logits.cast(dtype);
     let picked = log_softmax(logits, 1).gather(1, targets);
     Ok(picked.mean().neg())
 }

@@ -6,8 +6,10 @@
 
 pub mod attention;
 pub mod generation;
+mod size;
 
 pub use generation::{GenerationConfig, Sampler};
+pub use size::check_config_size;
 
 use balora_adapters::{AdapterSlots, ForwardMode};
 use balora_io::IoError;
@@ -29,6 +31,33 @@ pub enum ModelError {
         value: String,
         /// What is supported.
         expected: &'static str,
+    },
+    /// A `config.json` dimension that is zero.
+    #[error("{path}: {key} = {value}: a model dimension must be at least 1")]
+    InvalidDimension {
+        /// The config file.
+        path: std::path::PathBuf,
+        /// The key.
+        key: &'static str,
+        /// The value found.
+        value: usize,
+    },
+    /// A `config.json` whose weights would not fit in memory.
+    #[error(
+        "{path}: {key} = {value} implies about {estimate_mb} MB of weights, more than the \
+         {available_mb} MB of memory available; refusing to allocate"
+    )]
+    TooLarge {
+        /// The config file.
+        path: std::path::PathBuf,
+        /// The largest dimension.
+        key: &'static str,
+        /// Its value.
+        value: usize,
+        /// Estimated weight memory.
+        estimate_mb: u64,
+        /// Memory available on this machine.
+        available_mb: u64,
     },
     /// Logits could not be read back from the device.
     #[error("reading logits from the device failed: {0}")]

@@ -19,12 +19,27 @@ use crate::TrainError;
 /// One instruction-following example before tokenisation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NlgRecord {
-    /// The instruction (plus input, for Alpaca).
+    /// The instruction (plus input, for Alpaca); for a conversation, its last user turn.
     pub prompt: String,
-    /// The target response.
+    /// The target response; for a conversation, its last assistant turn.
     pub response: String,
     /// The gold final answer, when the data has one (math word problems).
     pub answer: Option<String>,
+    /// A whole conversation (`messages` rows): rendered through the chat template, with
+    /// every assistant turn in the loss. `None` for single-turn rows.
+    pub messages: Option<Vec<ChatMessage>>,
+}
+
+impl NlgRecord {
+    /// The record as chat messages: its conversation, or one user and one assistant turn.
+    pub fn conversation(&self) -> Vec<ChatMessage> {
+        self.messages.clone().unwrap_or_else(|| {
+            vec![
+                ChatMessage::new("user", &self.prompt),
+                ChatMessage::new("assistant", &self.response),
+            ]
+        })
+    }
 }
 
 /// One classification example before tokenisation.
@@ -42,10 +57,15 @@ pub struct NluRecord {
 
 fn read_text(path: &Path) -> Result<String, TrainError> {
     let bytes = balora_io::fs::read(path)?;
-    String::from_utf8(bytes).map_err(|e| TrainError::Data {
-        path: path.to_path_buf(),
-        line: 0,
-        reason: format!("not UTF-8: {e}"),
+    String::from_utf8(bytes).map_err(|e| {
+        // 1-based line of the first invalid byte, as every other data error reports it
+        let at = e.utf8_error().valid_up_to();
+        let line = 1 + e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count();
+        TrainError::Data {
+            path: path.to_path_buf(),
+            line,
+            reason: format!("not UTF-8: {}", e.utf8_error()),
+        }
     })
 }
 
@@ -56,7 +76,9 @@ fn field<'a>(obj: &'a serde_json::Map<String, Value>, names: &[&str]) -> Option<
 }
 
 /// Read a JSONL file of instruction data: each line an object with `query` and `response`
-/// (MetaMathQA) or `instruction`, optional `input`, and `output` (Alpaca); an optional `answer`.
+/// (MetaMathQA), or `instruction`, optional `input`, and `output` (Alpaca), or `messages`
+/// (`[{"role", "content"}, …]`, ending with an assistant turn: chat SFT data); an optional
+/// `answer`.
 pub fn read_nlg_jsonl(path: &Path) -> Result<Vec<NlgRecord>, TrainError> {
     let text = read_text(path)?;
     let mut records = Vec::new();
@@ -74,7 +96,25 @@ pub fn read_nlg_jsonl(path: &Path) -> Result<Vec<NlgRecord>, TrainError> {
         let obj = value
             .as_object()
             .ok_or_else(|| err("expected a JSON object".into()))?;
-        let record = if let Some(query) = field(obj, &["query"]) {
+        let record = if let Some(messages) = obj.get("messages") {
+            let messages: Vec<ChatMessage> = serde_json::from_value(messages.clone())
+                .map_err(|e| err(format!("\"messages\" must be [{{role, content}}, …]: {e}")))?;
+            let last = messages.last().filter(|m| m.role == "assistant").ok_or_else(|| {
+                err("a conversation must end with an \"assistant\" turn".into())
+            })?;
+            let prompt = messages
+                .iter()
+                .rev()
+                .find(|m| m.role == "user")
+                .map(|m| m.content.clone())
+                .unwrap_or_default();
+            NlgRecord {
+                prompt,
+                response: last.content.clone(),
+                answer: None,
+                messages: Some(messages),
+            }
+        } else if let Some(query) = field(obj, &["query"]) {
             let response = field(obj, &["response"]).ok_or_else(|| {
                 err("missing field \"response\" (MetaMathQA rows need query and response)".into())
             })?;
@@ -82,6 +122,7 @@ pub fn read_nlg_jsonl(path: &Path) -> Result<Vec<NlgRecord>, TrainError> {
                 prompt: query.to_string(),
                 response: response.to_string(),
                 answer: None,
+                messages: None,
             }
         } else if let Some(instruction) = field(obj, &["instruction"]) {
             let output = field(obj, &["output"]).ok_or_else(|| {
@@ -95,10 +136,12 @@ pub fn read_nlg_jsonl(path: &Path) -> Result<Vec<NlgRecord>, TrainError> {
                 prompt,
                 response: output.to_string(),
                 answer: None,
+                messages: None,
             }
         } else {
             return Err(err(
-                "missing field: expected \"query\"/\"response\" or \"instruction\"/\"output\""
+                "missing field: expected \"query\"/\"response\", \"instruction\"/\"output\" or \
+                 \"messages\""
                     .into(),
             ));
         };
@@ -269,16 +312,101 @@ pub enum PromptFormat {
 }
 
 impl PromptFormat {
-    /// The model input for `prompt`, ending where the response starts.
-    pub fn render(&self, prompt: &str) -> Result<String, TrainError> {
+    fn alpaca(prompt: &str) -> String {
+        format!(
+            "Below is an instruction that describes a task. Write a response that \
+             appropriately completes the request.\n\n### Instruction:\n{prompt}\n\n### Response:"
+        )
+    }
+
+    /// The token ids a generation for `record` starts from, as training saw them: the
+    /// conversation up to its last assistant turn with the assistant's turn opened (chat), or
+    /// the Alpaca prompt with the tokenizer's special tokens (BOS where it adds one).
+    pub fn prompt_ids(
+        &self,
+        tokenizer: &Tokenizer,
+        record: &NlgRecord,
+    ) -> Result<Vec<u32>, TrainError> {
         match self {
-            PromptFormat::Chat(t) => t
-                .render(&[ChatMessage::new("user", prompt)], true)
-                .map_err(TrainError::Tokenizer),
-            PromptFormat::Alpaca => Ok(format!(
-                "Below is an instruction that describes a task. Write a response that \
-                 appropriately completes the request.\n\n### Instruction:\n{prompt}\n\n### Response:"
-            )),
+            PromptFormat::Chat(t) => {
+                let mut messages = record.conversation();
+                messages.pop();
+                let text = t.render(&messages, true).map_err(TrainError::Tokenizer)?;
+                Ok(encode(tokenizer, &text, false)?.get_ids().to_vec())
+            }
+            PromptFormat::Alpaca => Ok(encode(tokenizer, &Self::alpaca(&record.prompt), true)?
+                .get_ids()
+                .to_vec()),
+        }
+    }
+
+    /// Token ids and labels of `record`: the whole text tokenised at once (so the tokens at
+    /// the prompt/response boundary are the ones the model sees), labels −100 except on the
+    /// response tokens.
+    ///
+    /// Chat: the conversation rendered by the template, every assistant turn (its closing
+    /// end-of-turn token included) in the loss; a token is a response token when it starts
+    /// inside an assistant turn's text, found by rendering the conversation up to each turn.
+    /// Alpaca: as the PiSSA / BA-LoRA reference trains, `prompt + response` tokenised with
+    /// the tokenizer's special tokens, `eos` appended, and the first `len(tokenize(prompt))`
+    /// labels masked.
+    fn example(
+        &self,
+        tokenizer: &Tokenizer,
+        record: &NlgRecord,
+        eos: u32,
+    ) -> Result<(Vec<u32>, Vec<i64>), TrainError> {
+        match self {
+            PromptFormat::Chat(t) => {
+                let messages = record.conversation();
+                let render = |m: &[ChatMessage], open: bool| {
+                    t.render(m, open).map_err(TrainError::Tokenizer)
+                };
+                let full = render(&messages, false)?;
+                let mut spans = Vec::new();
+                for (i, m) in messages.iter().enumerate() {
+                    if m.role != "assistant" {
+                        continue;
+                    }
+                    let (start, end) = (render(&messages[..i], true)?, render(&messages[..=i], false)?);
+                    if !full.starts_with(&start) || !full.starts_with(&end) {
+                        return Err(TrainError::Tokenizer(format!(
+                            "the chat template does not render a conversation as the \
+                             concatenation of its turns (turn {i}), so its assistant tokens \
+                             cannot be found"
+                        )));
+                    }
+                    spans.push(start.len()..end.len());
+                }
+                let enc = encode(tokenizer, &full, false)?;
+                let labels = enc
+                    .get_ids()
+                    .iter()
+                    .zip(enc.get_offsets())
+                    .map(|(&id, &(from, _))| {
+                        if spans.iter().any(|s| s.contains(&from)) {
+                            id as i64
+                        } else {
+                            IGNORE_INDEX
+                        }
+                    })
+                    .collect();
+                Ok((enc.get_ids().to_vec(), labels))
+            }
+            PromptFormat::Alpaca => {
+                let prompt = Self::alpaca(&record.prompt);
+                let source = encode(tokenizer, &prompt, true)?.len();
+                let mut ids = encode(tokenizer, &format!("{prompt}{}", record.response), true)?
+                    .get_ids()
+                    .to_vec();
+                ids.push(eos);
+                let labels = ids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &id)| if i < source { IGNORE_INDEX } else { id as i64 })
+                    .collect();
+                Ok((ids, labels))
+            }
         }
     }
 }
@@ -295,15 +423,19 @@ pub struct Example {
     pub token_types: Option<Vec<u32>>,
 }
 
-fn encode(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>, TrainError> {
+fn encode(
+    tokenizer: &Tokenizer,
+    text: &str,
+    special_tokens: bool,
+) -> Result<tokenizers::Encoding, TrainError> {
     tokenizer
-        .encode(text, false)
-        .map(|e| e.get_ids().to_vec())
+        .encode(text, special_tokens)
         .map_err(|e| TrainError::Tokenizer(e.to_string()))
 }
 
-/// Tokenise instruction data: prompt tokens get label −100 (response-only loss), the response
-/// is followed by `eos`. Examples longer than `max_len` are truncated from the end; the count
+/// Tokenise instruction data (see [`PromptFormat`] for how each format is tokenised): prompt
+/// tokens get label −100, so the loss is on the responses only. Examples longer than
+/// `max_len` are truncated from the end; the count
 /// of truncated examples is returned for a warning. Examples whose response would vanish
 /// entirely are dropped.
 pub fn tokenize_nlg(
@@ -316,13 +448,7 @@ pub fn tokenize_nlg(
     let mut out = Vec::with_capacity(records.len());
     let mut truncated = 0;
     for r in records {
-        let prompt = encode(tokenizer, &format.render(&r.prompt)?)?;
-        let mut response = encode(tokenizer, &r.response)?;
-        response.push(eos);
-        let mut ids = prompt.clone();
-        ids.extend(&response);
-        let mut labels: Vec<i64> = vec![IGNORE_INDEX; prompt.len()];
-        labels.extend(response.iter().map(|&t| t as i64));
+        let (mut ids, mut labels) = format.example(tokenizer, r, eos)?;
         if ids.len() > max_len {
             truncated += 1;
             ids.truncate(max_len);

@@ -1,4 +1,9 @@
-//! Training metrics: one JSON object per optimizer step in `metrics.jsonl`, and `loss.png`.
+//! Training metrics: one JSON object per optimizer step in `metrics.jsonl`, wall-clock
+//! timings in `timing.jsonl`, and `loss.png`.
+//!
+//! `metrics.jsonl` holds only what the seed determines (losses, λs, learning rate, gradient
+//! norm), so two runs with the same seed write it byte for byte the same, and a resumed run
+//! writes what an uninterrupted one does; speeds live in `timing.jsonl`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -32,14 +37,23 @@ pub struct StepMetrics {
     pub lr: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
+}
+
+/// How long a step took (`timing.jsonl`): not reproducible, so kept apart from the metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepTiming {
+    /// Optimizer step (1-based).
+    pub step: usize,
+    /// Tokens in the step's micro-batches, padding included.
+    pub tokens: usize,
     /// Tokens per second over this step.
     pub tokens_per_s: f64,
     /// Wall-clock seconds of this step (forward, backward, clipping and AdamW).
-    #[serde(default)]
     pub step_s: f64,
 }
 
-/// Appends step metrics to `metrics.jsonl`, flushing every line.
+/// Appends one JSON object per step to a JSONL file (`metrics.jsonl`, `timing.jsonl`),
+/// flushing every line.
 pub struct MetricsLog {
     path: PathBuf,
     file: File,
@@ -58,7 +72,11 @@ impl MetricsLog {
                 .lines()
                 .map_while(Result::ok)
                 .filter(|l| {
-                    serde_json::from_str::<StepMetrics>(l).is_ok_and(|m| m.step <= keep_until)
+                    serde_json::from_str::<serde_json::Value>(l).is_ok_and(|m| {
+                        m.get("step")
+                            .and_then(serde_json::Value::as_u64)
+                            .is_some_and(|s| s <= keep_until as u64)
+                    })
                 })
                 .collect()
         } else {
@@ -77,7 +95,7 @@ impl MetricsLog {
     }
 
     /// Append one step.
-    pub fn write(&mut self, m: &StepMetrics) -> Result<(), TrainError> {
+    pub fn write<T: Serialize>(&mut self, m: &T) -> Result<(), TrainError> {
         let line = serde_json::to_string(m).map_err(|source| balora_io::IoError::Json {
             path: self.path.clone(),
             source,
@@ -106,8 +124,8 @@ pub fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// Read back a `metrics.jsonl`.
-pub fn read_metrics(path: &Path) -> Result<Vec<StepMetrics>, TrainError> {
+/// Read back a `metrics.jsonl` (or, as `read_metrics::<StepTiming>`, a `timing.jsonl`).
+pub fn read_metrics<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>, TrainError> {
     let text = String::from_utf8_lossy(&balora_io::fs::read(path)?).into_owned();
     text.lines()
         .enumerate()

@@ -111,7 +111,8 @@ pub fn global_grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> f64 {
     impl ModuleVisitor for Norm<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             if let Some(g) = self.grads.get::<D>(param.id) {
-                let sq = g.powi_scalar(2).sum();
+                let dtype = balora_adapters::training_dtype(g.dtype());
+                let sq = g.cast(dtype).powi_scalar(2).sum();
                 self.sum = Some(match self.sum.take() {
                     Some(s) => s + sq,
                     None => sq,
@@ -148,8 +149,14 @@ impl ModuleMapper for Update<'_> {
         let path = self.paths.current();
         param.map(|w| {
             let shape = w.dims();
-            let w0 = w.detach();
-            let g: Tensor<1> = grad.detach().mul_scalar(self.grad_scale).reshape([-1]);
+            // state and update in f32 over a half-precision parameter (docs/methods.md)
+            let (dtype, state_dtype) = (w.dtype(), balora_adapters::training_dtype(w.dtype()));
+            let w0 = w.detach().cast(state_dtype);
+            let g: Tensor<1> = grad
+                .detach()
+                .cast(state_dtype)
+                .mul_scalar(self.grad_scale)
+                .reshape([-1]);
             let n = g.dims()[0];
             let state = self.adamw.state.entry(path).or_insert_with(|| Moments {
                 m: Tensor::zeros([n], (&g.device(), g.dtype())),
@@ -166,7 +173,7 @@ impl ModuleMapper for Update<'_> {
             let flat: Tensor<1> = w0.reshape([-1]).mul_scalar(1.0 - self.lr * c.weight_decay);
             let updated = flat - step.mul_scalar(self.lr);
             // a fresh leaf: the update itself is never differentiated
-            updated.reshape(shape).detach().require_grad()
+            updated.reshape(shape).cast(dtype).detach().require_grad()
         })
     }
 }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::TrainError;
 use crate::checkpoint::{LoopState, has_checkpoint, load_checkpoint, save_checkpoint};
 use crate::data::{Example, collate, epoch_batches};
-use crate::metrics::{MetricsLog, StepMetrics, plot_losses, read_metrics};
+use crate::metrics::{MetricsLog, StepMetrics, StepTiming, plot_losses, read_metrics};
 use crate::optim::{AdamW, AdamWConfig, global_grad_norm};
 use crate::schedule::LrSchedule;
 
@@ -241,6 +241,7 @@ where
     }
     let metrics_path = output.join("metrics.jsonl");
     let mut log = MetricsLog::open(&metrics_path, state.step)?;
+    let mut timing = MetricsLog::open(&output.join("timing.jsonl"), state.step)?;
     let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
     let mut batches = epoch_batches(&lengths, config.batch_size, config.seed, state.epoch);
     let warmup = (config.warmup_ratio * config.max_steps as f64).ceil() as usize;
@@ -341,10 +342,15 @@ where
             lambdas,
             lr,
             grad_norm,
+        };
+        log.write(&m)?;
+        let t = StepTiming {
+            step: state.step,
+            tokens,
             tokens_per_s: tokens as f64 / elapsed.max(1e-9),
             step_s: elapsed,
         };
-        log.write(&m)?;
+        timing.write(&t)?;
         bar.set_message(format!(
             "loss {:.4} task {:.4}{}{}{} {:.0} tok/s",
             m.loss,
@@ -353,7 +359,7 @@ where
                 .map_or(String::new(), |v| format!(" C {v:.3}")),
             m.diversity.map_or(String::new(), |v| format!(" D {v:.3}")),
             m.svd.map_or(String::new(), |v| format!(" S {v:.3}")),
-            m.tokens_per_s
+            t.tokens_per_s
         ));
         bar.inc(1);
         last = Some(m);
@@ -366,7 +372,7 @@ where
         }
     }
     bar.finish();
-    plot_losses(&read_metrics(&metrics_path)?, &output.join("loss.png"))?;
+    plot_losses(&read_metrics::<StepMetrics>(&metrics_path)?, &output.join("loss.png"))?;
     Ok((
         model,
         RunSummary {

@@ -13,8 +13,10 @@ use balora_llama::LlamaForCausalLM;
 use balora_losses::{BaLoraLoss, RegularizerConfig, Task};
 use balora_model::{CausalLm, GenerationConfig, SequenceClassifier, TokenBatch};
 use balora_testkit::{asset, fixture};
-use balora_train::data::{Example, LabelSet, read_nlg_jsonl, read_nlu, tokenize_nlu};
-use balora_train::metrics::read_metrics;
+use balora_train::data::{
+    Example, LabelSet, PromptFormat, read_nlg_jsonl, read_nlu, tokenize_nlg, tokenize_nlu,
+};
+use balora_train::metrics::{StepMetrics, read_metrics};
 use balora_train::optim::AdamWConfig;
 use balora_train::schedule::LrSchedule;
 use balora_train::{LoopConfig, NlgObjective, NluObjective, Teacher, train};
@@ -128,7 +130,7 @@ fn every_method_learns_and_its_adapter_loads_back() {
     for method in ["lora", "pissa", "balora", "monteclora"] {
         let dir = tempfile::tempdir().unwrap();
         let model = run_nlg(method, dir.path(), 20, None, false);
-        let m = read_metrics(&dir.path().join("metrics.jsonl")).unwrap();
+        let m = read_metrics::<StepMetrics>(&dir.path().join("metrics.jsonl")).unwrap();
         assert_eq!(m.len(), 20, "{method}");
         let (first, last) = (m[0].task, m[19].task);
         assert!(
@@ -195,7 +197,7 @@ fn a_checkpoint_teacher_equals_the_initial_adapter_teacher() {
             &device(),
         )
         .unwrap();
-        read_metrics(&dir.path().join("metrics.jsonl")).unwrap()
+        read_metrics::<StepMetrics>(&dir.path().join("metrics.jsonl")).unwrap()
     };
     let own = run(Teacher::InitialAdapter);
     let base = tiny_llama().no_grad();
@@ -227,8 +229,8 @@ fn a_resumed_run_reproduces_the_uninterrupted_loss_curve() {
         let split = tempfile::tempdir().unwrap();
         run_nlg(method, split.path(), 10, Some(5), false);
         run_nlg(method, split.path(), 10, None, true);
-        let a = read_metrics(&full.path().join("metrics.jsonl")).unwrap();
-        let b = read_metrics(&split.path().join("metrics.jsonl")).unwrap();
+        let a = read_metrics::<StepMetrics>(&full.path().join("metrics.jsonl")).unwrap();
+        let b = read_metrics::<StepMetrics>(&split.path().join("metrics.jsonl")).unwrap();
         let loss = |m: &[balora_train::metrics::StepMetrics]| {
             m.iter().map(|x| x.loss.to_bits()).collect::<Vec<_>>()
         };
@@ -244,6 +246,7 @@ fn classification_trains_with_balora() {
     let model = BertForSequenceClassification::from_pretrained(
         &fixture("models/tiny-bert-cls"),
         None,
+        7,
         &device(),
         DType::F32,
     )
@@ -273,7 +276,7 @@ fn classification_trains_with_balora() {
         &device(),
     )
     .unwrap();
-    let m = read_metrics(&dir.path().join("metrics.jsonl")).unwrap();
+    let m = read_metrics::<StepMetrics>(&dir.path().join("metrics.jsonl")).unwrap();
     assert!(m[19].task < m[0].task, "{} → {}", m[0].task, m[19].task);
     assert!(m[3].diversity.is_some() && m[3].svd.is_some());
     assert_eq!(model.valid().num_labels(), 3);
@@ -296,6 +299,15 @@ fn bad_data_names_the_file_and_line() {
         e.contains("bad.jsonl:2") && e.contains("malformed JSON"),
         "{e}"
     );
+    // invalid UTF-8 on line 2 is reported as line 2 (1-based, like every data error)
+    let p = dir.path().join("latin1.jsonl");
+    std::fs::write(
+        &p,
+        b"{\"query\": \"a\", \"response\": \"b\"}\n{\"query\": \"caf\xe9\", \"response\": \"b\"}\n",
+    )
+    .unwrap();
+    let e = read_nlg_jsonl(&p).unwrap_err().to_string();
+    assert!(e.contains("latin1.jsonl:2") && e.contains("UTF-8"), "{e}");
     let p = write("missing.jsonl", "{\"query\": \"a\"}\n");
     let e = read_nlg_jsonl(&p).unwrap_err().to_string();
     assert!(
@@ -342,4 +354,40 @@ fn bad_data_names_the_file_and_line() {
         e.contains("eval.jsonl:3") && e.contains("\"neutral\"") && e.contains("[\"neg\", \"pos\"]"),
         "{e}"
     );
+}
+
+/// SFT tokenisation equals Python's (`scripts/model_fixtures.py --only sft`): chat rows
+/// through the chat template with only assistant turns in the loss, multi-turn included, and
+/// Alpaca rows as the PiSSA / BA-LoRA reference tokenises them.
+#[test]
+fn sft_tokenisation_matches_transformers_on_smollm2() {
+    let dir = asset("models/SmolLM2-135M-Instruct");
+    let tokenizer = balora_io::load_tokenizer(&dir).unwrap();
+    let template = balora_io::ChatTemplate::load(&dir).unwrap().unwrap();
+    let fixture: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("models/smollm2/sft.json")).unwrap())
+            .unwrap();
+    let eos = fixture["eos_token_id"].as_u64().unwrap() as u32;
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = fixture["cases"].as_array().unwrap();
+    for (i, case) in cases.iter().enumerate() {
+        let path = tmp.path().join(format!("row{i}.jsonl"));
+        std::fs::write(&path, format!("{}\n", case["row"])).unwrap();
+        let records = read_nlg_jsonl(&path).unwrap();
+        let format = match case["format"].as_str().unwrap() {
+            "chat" => PromptFormat::Chat(template.clone()),
+            _ => PromptFormat::Alpaca,
+        };
+        let (examples, truncated) = tokenize_nlg(&records, &tokenizer, &format, 4096, eos).unwrap();
+        assert_eq!(truncated, 0);
+        let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        let labels: Vec<i64> = serde_json::from_value(case["labels"].clone()).unwrap();
+        assert_eq!(examples[0].ids, ids, "case {i} ({}): ids", case["format"]);
+        assert_eq!(examples[0].labels, labels, "case {i} ({}): labels", case["format"]);
+        // generation starts from the same prompt tokens training saw before the response
+        let prompt = format.prompt_ids(&tokenizer, &records[0]).unwrap();
+        // (the last response is the final run of labelled tokens)
+        let start = labels.iter().rposition(|&l| l == -100).unwrap() + 1;
+        assert_eq!(prompt, ids[..start], "case {i}: prompt ids");
+    }
 }

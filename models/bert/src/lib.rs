@@ -3,20 +3,25 @@
 //!
 //! Absolute learned positions (RoBERTa's start after the padding id), token types,
 //! post-norm LayerNorm blocks, exact (erf) GELU. The projections `query`, `key`, `value` and
-//! the `dense` layers are [`LoraLinear`] slots with peft's paths
-//! (`bert.encoder.layer.0.attention.self.query`, or `roberta.…`, or no prefix for a bare
-//! encoder such as all-MiniLM-L6-v2).
+//! the `dense` layers are [`LoraLinear`] slots with the module paths of transformers'
+//! `BertForSequenceClassification` / `RobertaForSequenceClassification`
+//! (`bert.encoder.layer.0.attention.self.query`, `roberta.…`) whatever prefix the checkpoint's
+//! keys carry (none for a bare encoder such as all-MiniLM-L6-v2), so adapters move both ways
+//! with peft. The head is peft's `modules_to_save = ["classifier"]`.
 
 use std::path::Path;
 
-use balora_adapters::{AdapterSlots, ForwardMode, LoraLinear};
+use balora_adapters::{AdapterSlots, ForwardMode, LoraLinear, SavedParam, SavedParamMut};
 use balora_io::{HfCheckpoint, LoadOptions};
 use balora_model::attention::{AttentionMask, scaled_dot_product};
 use balora_model::{ModelError, SequenceClassifier, TokenBatch};
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig};
 use burn::tensor::activation::gelu;
-use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand_distr::{Distribution, Normal};
 use serde::Deserialize;
 
 /// The fields of a BERT-family `config.json` this implementation reads.
@@ -203,8 +208,36 @@ pub struct HeadWeights {
     pub out_proj: Dense,
 }
 
+impl Dense {
+    /// The layer in `dtype`, as fresh leaves that stay trainable if they were.
+    fn cast(self, dtype: DType) -> Self {
+        if self.weight.val().dtype() == dtype {
+            return self;
+        }
+        fn leaf<const D: usize>(p: Param<Tensor<D>>, dtype: DType) -> Param<Tensor<D>> {
+            let trainable = p.is_require_grad();
+            let t = p.val().detach().cast(dtype);
+            Param::from_tensor(if trainable { t.require_grad() } else { t })
+        }
+        Self {
+            weight: leaf(self.weight, dtype),
+            bias: leaf(self.bias, dtype),
+        }
+    }
+}
+
 impl HeadWeights {
+    /// The head in `dtype` (trainable; a half-precision checkpoint's head trains in f32).
+    fn cast(self, dtype: DType) -> Self {
+        Self {
+            dense: self.dense.map(|d| d.cast(dtype)),
+            out_proj: self.out_proj.cast(dtype),
+        }
+    }
+
     fn forward(&self, pooled: Tensor<2>) -> Tensor<2> {
+        // a head trained in f32 reads a half-precision encoder's output upcast
+        let pooled = pooled.cast(self.out_proj.weight.val().dtype());
         let h = match &self.dense {
             Some(d) => d.forward(pooled).tanh(),
             None => pooled,
@@ -224,20 +257,43 @@ pub struct ClassificationHead {
 }
 
 impl ClassificationHead {
-    fn fresh(config: &BertConfig, labels: usize, device: &Device, dtype: DType) -> HeadWeights {
+    /// A fresh head, N(0, initializer_range) weights and zero biases as transformers draws
+    /// them, from a host RNG seeded by `seed`: the same head on every backend and in every
+    /// process (the device RNG is process-wide and differs between backends).
+    fn fresh(
+        config: &BertConfig,
+        labels: usize,
+        seed: u64,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<HeadWeights, ModelError> {
         let d = config.hidden_size;
-        let dense = |out: usize| Dense {
-            weight: Param::from_tensor(Tensor::random(
-                [out, d],
-                Distribution::Normal(0.0, config.initializer_range),
-                (device, dtype),
-            )),
-            bias: Param::from_tensor(Tensor::zeros([out], (device, dtype))),
+        let normal =
+            Normal::new(0.0f32, config.initializer_range as f32).map_err(|_| {
+                ModelError::UnsupportedConfig {
+                    key: "initializer_range",
+                    value: config.initializer_range.to_string(),
+                    expected: "a finite non-negative standard deviation",
+                }
+            })?;
+        let mut rng = StdRng::seed_from_u64(seed);
+        // trained in f32 over a half-precision encoder (docs/methods.md)
+        let dtype = balora_adapters::training_dtype(dtype);
+        let mut dense = |out: usize| {
+            let w: Vec<f32> = (0..out * d).map(|_| normal.sample(&mut rng)).collect();
+            Dense {
+                weight: Param::from_tensor(Tensor::from_data(
+                    TensorData::new(w, [out, d]).convert_dtype(dtype),
+                    device,
+                )),
+                bias: Param::from_tensor(Tensor::zeros([out], (device, dtype))),
+            }
         };
-        HeadWeights {
-            dense: config.is_roberta().then(|| dense(d)),
+        let hidden = config.is_roberta().then(|| dense(d));
+        Ok(HeadWeights {
+            dense: hidden,
             out_proj: dense(labels),
-        }
+        })
     }
 
     fn forward(&self, pooled: Tensor<2>, mode: ForwardMode) -> Tensor<2> {
@@ -257,9 +313,6 @@ pub struct BertForSequenceClassification {
     pub classifier: ClassificationHead,
     #[module(skip)]
     config: BertConfig,
-    /// Checkpoint prefix of the encoder (`bert.`, `roberta.` or empty).
-    #[module(skip)]
-    prefix: String,
     #[module(skip)]
     pooling: Pooling,
 }
@@ -380,16 +433,43 @@ impl BertModel {
 impl BertForSequenceClassification {
     /// Load an encoder checkpoint with a classification head of `num_labels` outputs. A head
     /// present in the checkpoint (`classifier.*`) is loaded; otherwise it is freshly
-    /// initialised (N(0, initializer_range), zero bias), like transformers. `num_labels`
-    /// `None` takes the checkpoint's `id2label` count (2 if absent).
+    /// initialised (N(0, initializer_range), zero bias), like transformers, from `seed` (a
+    /// run passes its own seed, so the head is part of what the seed reproduces).
+    /// `num_labels` `None` takes the checkpoint's `id2label` count (2 if absent).
     pub fn from_pretrained(
         dir: &Path,
         num_labels: Option<usize>,
+        seed: u64,
         device: &Device,
         dtype: DType,
     ) -> Result<Self, ModelError> {
         let checkpoint = HfCheckpoint::open(dir)?;
         let config: BertConfig = checkpoint.config()?;
+        let dims = [
+            ("vocab_size", config.vocab_size),
+            ("hidden_size", config.hidden_size),
+            ("num_hidden_layers", config.num_hidden_layers),
+            ("num_attention_heads", config.num_attention_heads),
+            ("intermediate_size", config.intermediate_size),
+            ("max_position_embeddings", config.max_position_embeddings),
+            ("type_vocab_size", config.type_vocab_size),
+        ];
+        balora_model::check_config_size(
+            &checkpoint.dir().join("config.json"),
+            &dims,
+            || {
+                let [v, d, l, _, i, p, t] = dims.map(|(_, x)| x as u128);
+                (v + p + t) * d + l * (4 * d * d + 2 * d * i + 9 * d) + d * d
+            },
+            dtype,
+        )?;
+        if !config.hidden_size.is_multiple_of(config.num_attention_heads) {
+            return Err(ModelError::UnsupportedConfig {
+                key: "num_attention_heads",
+                value: config.num_attention_heads.to_string(),
+                expected: "a divisor of hidden_size",
+            });
+        }
         if !matches!(
             config.model_type.as_str(),
             "bert" | "roberta" | "xlm-roberta"
@@ -413,14 +493,14 @@ impl BertForSequenceClassification {
         let prefix = detect_prefix(&checkpoint)?;
         let roberta = config.is_roberta();
         let pooler = !roberta;
+        let head = ClassificationHead::fresh(&config, labels, seed, device, dtype)?;
         let mut model = Self {
             bert: BertModel::init(&config, pooler, device, dtype),
             classifier: ClassificationHead {
-                current: ClassificationHead::fresh(&config, labels, device, dtype),
-                initial: ClassificationHead::fresh(&config, labels, device, dtype),
+                initial: head.clone(),
+                current: head,
             },
             config: config.clone(),
-            prefix: prefix.clone(),
             pooling: if roberta {
                 Pooling::Cls
             } else {
@@ -448,6 +528,9 @@ impl BertForSequenceClassification {
             options.optional.push(r"classifier\..*".into());
         }
         checkpoint.load_into(&mut model, &options)?;
+        // a head read from a half-precision checkpoint trains in f32, like a fresh one
+        let head_dtype = balora_adapters::training_dtype(dtype);
+        model.classifier.current = model.classifier.current.cast(head_dtype);
         // the teacher's head is the head training starts from
         model.classifier.initial = model.classifier.current.clone().freeze();
         Ok(model)
@@ -527,9 +610,57 @@ fn detect_prefix(checkpoint: &HfCheckpoint) -> Result<String, ModelError> {
     Ok(String::new())
 }
 
+impl BertForSequenceClassification {
+    /// The encoder's attribute in transformers' `*ForSequenceClassification` class, the first
+    /// component of every module path (`bert.` or `roberta.`).
+    fn prefix(&self) -> &'static str {
+        if self.config.is_roberta() {
+            "roberta."
+        } else {
+            "bert."
+        }
+    }
+}
+
 impl AdapterSlots for BertForSequenceClassification {
+    fn modules_to_save(&self) -> Vec<String> {
+        vec!["classifier".into()]
+    }
+
+    fn visit_saved_modules(&self, f: &mut dyn FnMut(&str, SavedParam<'_>)) {
+        let head = &self.classifier.current;
+        let mut dense = |name: &str, d: &Dense| {
+            f(&format!("{name}.weight"), SavedParam::Matrix(&d.weight));
+            f(&format!("{name}.bias"), SavedParam::Vector(&d.bias));
+        };
+        match &head.dense {
+            // RobertaClassificationHead: classifier.dense, classifier.out_proj
+            Some(hidden) => {
+                dense("classifier.dense", hidden);
+                dense("classifier.out_proj", &head.out_proj);
+            }
+            // BertForSequenceClassification: classifier is the nn.Linear itself
+            None => dense("classifier", &head.out_proj),
+        }
+    }
+
+    fn visit_saved_modules_mut(&mut self, f: &mut dyn FnMut(&str, SavedParamMut<'_>)) {
+        let head = &mut self.classifier.current;
+        let mut dense = |name: &str, d: &mut Dense| {
+            f(&format!("{name}.weight"), SavedParamMut::Matrix(&mut d.weight));
+            f(&format!("{name}.bias"), SavedParamMut::Vector(&mut d.bias));
+        };
+        match &mut head.dense {
+            Some(hidden) => {
+                dense("classifier.dense", hidden);
+                dense("classifier.out_proj", &mut head.out_proj);
+            }
+            None => dense("classifier", &mut head.out_proj),
+        }
+    }
+
     fn visit_slots(&self, f: &mut dyn FnMut(&str, &LoraLinear)) {
-        let p = &self.prefix;
+        let p = self.prefix();
         for (i, l) in self.bert.encoder.layer.iter().enumerate() {
             let base = format!("{p}encoder.layer.{i}");
             let sa = &l.attention.self_attention;
@@ -546,7 +677,7 @@ impl AdapterSlots for BertForSequenceClassification {
     }
 
     fn visit_slots_mut(&mut self, f: &mut dyn FnMut(&str, &mut LoraLinear)) {
-        let p = self.prefix.clone();
+        let p = self.prefix();
         for (i, l) in self.bert.encoder.layer.iter_mut().enumerate() {
             let base = format!("{p}encoder.layer.{i}");
             let sa = &mut l.attention.self_attention;

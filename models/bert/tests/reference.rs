@@ -40,7 +40,7 @@ fn max_abs(a: &[f64], b: &[f64]) -> f64 {
 fn check_classifier(case: &str, with_types: bool) {
     let dir = fixture(&format!("models/{case}"));
     let model =
-        BertForSequenceClassification::from_pretrained(&dir, None, &Device::flex(), DType::F32)
+        BertForSequenceClassification::from_pretrained(&dir, None, 0, &Device::flex(), DType::F32)
             .unwrap();
     let file = SafetensorsFile::open(&dir.join("reference.safetensors")).unwrap();
     let batch = batch_from(&file, with_types);
@@ -67,7 +67,7 @@ fn tiny_roberta_classifier_matches_transformers() {
 fn minilm_pooled_embeddings_match_transformers() {
     let dir = asset("models/all-MiniLM-L6-v2");
     let model =
-        BertForSequenceClassification::from_pretrained(&dir, Some(2), &Device::flex(), DType::F32)
+        BertForSequenceClassification::from_pretrained(&dir, Some(2), 0, &Device::flex(), DType::F32)
             .unwrap();
     let file = SafetensorsFile::open(&fixture("models/minilm/reference.safetensors")).unwrap();
     let batch = batch_from(&file, true);

@@ -175,6 +175,31 @@ impl Gpt2LmHeadModel {
     pub fn from_pretrained(dir: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
         let checkpoint = HfCheckpoint::open(dir)?;
         let config: Gpt2Config = checkpoint.config()?;
+        let d = config.n_embd;
+        let dims = [
+            ("vocab_size", config.vocab_size),
+            ("n_positions", config.n_positions),
+            ("n_embd", d),
+            ("n_layer", config.n_layer),
+            ("n_head", config.n_head),
+            ("n_inner", config.n_inner.unwrap_or(4 * d)),
+        ];
+        balora_model::check_config_size(
+            &checkpoint.dir().join("config.json"),
+            &dims,
+            || {
+                let [v, p, d, l, _, i] = dims.map(|(_, x)| x as u128);
+                (v + p) * d + l * (4 * d * d + 2 * d * i + 9 * d)
+            },
+            dtype,
+        )?;
+        if !config.n_embd.is_multiple_of(config.n_head) {
+            return Err(ModelError::UnsupportedConfig {
+                key: "n_head",
+                value: config.n_head.to_string(),
+                expected: "a divisor of n_embd",
+            });
+        }
         if config.model_type != "gpt2" {
             return Err(ModelError::UnsupportedConfig {
                 key: "model_type",
@@ -207,6 +232,10 @@ impl Gpt2LmHeadModel {
 }
 
 impl AdapterSlots for Gpt2LmHeadModel {
+    fn fan_in_fan_out(&self) -> bool {
+        true
+    }
+
     fn visit_slots(&self, f: &mut dyn FnMut(&str, &LoraLinear)) {
         for (i, b) in self.transformer.h.iter().enumerate() {
             f(&format!("transformer.h.{i}.attn.c_attn"), &b.attn.c_attn);

@@ -178,6 +178,32 @@ impl LlamaConfig {
             .unwrap_or_default()
     }
 
+    /// Refuse zero dimensions and weights that cannot fit in memory, before anything is
+    /// allocated from them (`path` is the config file, for the error).
+    pub fn check_size(&self, path: &std::path::Path, dtype: burn::tensor::DType) -> Result<(), ModelError> {
+        let dims = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.kv_heads()),
+            ("head_dim", self.head_dim.unwrap_or(self.hidden_size)),
+        ];
+        balora_model::check_config_size(
+            path,
+            &dims,
+            || {
+                let [v, d, i, l, h, kv, _] = dims.map(|(_, x)| x as u128);
+                let hd = self.head_dim.map_or(d / h, |x| x as u128);
+                let embeddings = v * d * if self.tie_word_embeddings { 1 } else { 2 };
+                let layer = d * hd * (2 * h + 2 * kv) + 3 * d * i + 2 * d;
+                embeddings + l * layer + d
+            },
+            dtype,
+        )
+    }
+
     /// Reject what this implementation does not compute.
     pub fn validate(&self) -> Result<(), ModelError> {
         if !matches!(self.model_type.as_str(), "llama" | "mistral" | "qwen2") {
@@ -201,6 +227,13 @@ impl LlamaConfig {
                 key: "rope_type",
                 value: r.rope_type.clone(),
                 expected: "default, linear or llama3",
+            });
+        }
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(ModelError::UnsupportedConfig {
+                key: "num_attention_heads",
+                value: self.num_attention_heads.to_string(),
+                expected: "a divisor of hidden_size (or an explicit head_dim)",
             });
         }
         if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {

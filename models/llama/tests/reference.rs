@@ -327,6 +327,29 @@ fn bad_checkpoints_are_reported_with_file_key_and_shapes() {
         std::fs::write(p, c).unwrap();
     });
     assert!(e.contains("model_type") && e.contains("falcon"), "{e}");
+    // a config that would allocate terabytes is refused before anything is allocated
+    let (_t, e) = broken_copy(|d| {
+        let p = d.join("config.json");
+        let c = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("\"hidden_size\": 32", "\"hidden_size\": 1000000000");
+        std::fs::write(p, c).unwrap();
+    });
+    assert!(
+        e.contains("config.json") && e.contains("hidden_size = 1000000000") && e.contains("MB"),
+        "{e}"
+    );
+    let (_t, e) = broken_copy(|d| {
+        let p = d.join("config.json");
+        let c = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("\"num_attention_heads\": 4", "\"num_attention_heads\": 0");
+        std::fs::write(p, c).unwrap();
+    });
+    assert!(
+        e.contains("config.json") && e.contains("num_attention_heads = 0"),
+        "{e}"
+    );
     let (_t, e) = broken_copy(|d| {
         let p = d.join("model.safetensors");
         let b = std::fs::read(&p).unwrap();
