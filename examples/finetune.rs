@@ -450,11 +450,7 @@ fn run_nlg(o: &Options, method: &str) -> Result<()> {
         let mut correct = 0;
         for r in eval_records {
             let prompt = format.prompt_ids(&tokenizer, r)?;
-            let out = model.generate(
-                &prompt,
-                &GenerationConfig::greedy(48, vec![eos]),
-                true,
-            )?;
+            let out = model.generate(&prompt, &GenerationConfig::greedy(48, vec![eos]), true)?;
             let text = tokenizer
                 .decode(&out, true)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;

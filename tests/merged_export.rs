@@ -65,7 +65,15 @@ fn merged_llama_is_sharded_and_equals_the_adapted_model() {
     let device = Device::flex();
     let base = fixture("models/tiny-llama");
     let model = LlamaForCausalLM::from_pretrained(&base, &device, DType::F32).unwrap();
-    let targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+    let targets = [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ];
     let (mut model, _) = inject(model, &cfg(&targets, InitMode::Pissa)).unwrap();
     perturb(&mut model);
     let want = model.logits(&batch(), ForwardMode::Adapted);
@@ -81,7 +89,10 @@ fn merged_llama_is_sharded_and_equals_the_adapted_model() {
     assert!(out.path().join("config.json").is_file());
     let merged = LlamaForCausalLM::from_pretrained(out.path(), &device, DType::F32).unwrap();
     let err = max_abs_diff(merged.logits(&batch(), ForwardMode::Adapted), want.clone());
-    assert!(err < 1e-4, "merged differs from the adapted model by {err:e}");
+    assert!(
+        err < 1e-4,
+        "merged differs from the adapted model by {err:e}"
+    );
     // the merge is the fine-tuned model, not the base
     let plain = LlamaForCausalLM::from_pretrained(&base, &device, DType::F32).unwrap();
     assert!(max_abs_diff(plain.logits(&batch(), ForwardMode::Adapted), want) > 1e-3);
@@ -92,8 +103,11 @@ fn merged_gpt2_transposes_conv1d_updates() {
     let device = Device::flex();
     let base = fixture("models/tiny-gpt2");
     let model = Gpt2LmHeadModel::from_pretrained(&base, &device, DType::F32).unwrap();
-    let (mut model, _) =
-        inject(model, &cfg(&["c_attn", "c_proj", "c_fc"], InitMode::Gaussian)).unwrap();
+    let (mut model, _) = inject(
+        model,
+        &cfg(&["c_attn", "c_proj", "c_fc"], InitMode::Gaussian),
+    )
+    .unwrap();
     perturb(&mut model);
     let want = model.logits(&batch(), ForwardMode::Adapted);
     let out = tempfile::tempdir().unwrap();
@@ -134,14 +148,29 @@ fn merged_classifier_keeps_its_head_and_the_original_dtype() {
     assert_eq!(report.from_model, 2);
     let file = SafetensorsFile::open(&out.path().join("model.safetensors")).unwrap();
     let names = file.names();
-    assert!(names.contains(&"classifier.weight".to_string()), "{names:?}");
-    assert!(names.iter().all(|k| k.starts_with("bert.") || k.starts_with("classifier.")));
-    assert_eq!(file.dtype("bert.encoder.layer.0.attention.self.query.weight"), Some(DType::BF16));
+    assert!(
+        names.contains(&"classifier.weight".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names
+            .iter()
+            .all(|k| k.starts_with("bert.") || k.starts_with("classifier."))
+    );
+    assert_eq!(
+        file.dtype("bert.encoder.layer.0.attention.self.query.weight"),
+        Some(DType::BF16)
+    );
     assert!(weight_dtypes(out.path()).contains(&DType::BF16));
     // another head seed: the head must come from the file
-    let merged =
-        BertForSequenceClassification::from_pretrained(out.path(), Some(2), 77, &device, DType::F32)
-            .unwrap();
+    let merged = BertForSequenceClassification::from_pretrained(
+        out.path(),
+        Some(2),
+        77,
+        &device,
+        DType::F32,
+    )
+    .unwrap();
     // the merged weights are rounded to bf16 once
     let err = max_abs_diff(merged.logits(&batch(), ForwardMode::Adapted), want);
     assert!(err < 5e-2, "merged classifier differs by {err:e}");

@@ -19,8 +19,8 @@ use balora::io::{
     InitLoraWeights, MergeOptions, SaveOptions, TaskType, load_adapter, read_config, save_adapter,
     save_merged,
 };
-use balora_llama::LlamaForCausalLM;
 use balora_bert::BertForSequenceClassification;
+use balora_llama::LlamaForCausalLM;
 use balora_model::{CausalLm, SequenceClassifier, TokenBatch};
 use balora_testkit::{fixture, max_abs_diff, pseudo_random};
 
@@ -324,9 +324,14 @@ fn seqcls_logits(name: &str, device: &Device) -> Tensor<2> {
 fn seq_cls_adapters_saved_by_peft_reproduce_peft_logits() {
     let device = Device::flex();
     for (name, base, labels) in seqcls_cases() {
-        let mut model =
-            BertForSequenceClassification::from_pretrained(&base, Some(labels), 0, &device, DType::F32)
-                .unwrap();
+        let mut model = BertForSequenceClassification::from_pretrained(
+            &base,
+            Some(labels),
+            0,
+            &device,
+            DType::F32,
+        )
+        .unwrap();
         let loaded = load_adapter(&mut model, &fixtures().join(name)).unwrap();
         assert_eq!(loaded.adapted.len(), 4, "{name}: q and v of two layers");
         let batch = seqcls_batch(name);
@@ -398,7 +403,10 @@ fn classification_adapters_keep_their_trained_head() {
             ..SaveOptions::default()
         };
         let written = save_adapter(&model, &cfg, dir.path(), &options).unwrap();
-        assert_eq!(written.modules_to_save, Some(vec!["classifier".to_string()]));
+        assert_eq!(
+            written.modules_to_save,
+            Some(vec!["classifier".to_string()])
+        );
         let file = SafetensorsFile::open(&dir.path().join("adapter_model.safetensors")).unwrap();
         let head: Vec<String> = file
             .names()
@@ -419,16 +427,26 @@ fn classification_adapters_keep_their_trained_head() {
             ]
         };
         assert_eq!(head, expected_head, "{name}");
-        let prefix = if name == "seqcls_roberta" { "roberta" } else { "bert" };
+        let prefix = if name == "seqcls_roberta" {
+            "roberta"
+        } else {
+            "bert"
+        };
         assert!(
-            file.names()
-                .contains(&format!("base_model.model.{prefix}.encoder.layer.0.attention.self.query.lora_A.weight")),
+            file.names().contains(&format!(
+                "base_model.model.{prefix}.encoder.layer.0.attention.self.query.lora_A.weight"
+            )),
             "{name}: module paths are transformers' *ForSequenceClassification paths"
         );
         // a fresh model (another head seed) with the adapter loaded gives the trained logits
-        let mut fresh =
-            BertForSequenceClassification::from_pretrained(&base, Some(labels), 99, &device, DType::F32)
-                .unwrap();
+        let mut fresh = BertForSequenceClassification::from_pretrained(
+            &base,
+            Some(labels),
+            99,
+            &device,
+            DType::F32,
+        )
+        .unwrap();
         load_adapter(&mut fresh, dir.path()).unwrap();
         let err = max_abs_diff(fresh.logits(&batch, ForwardMode::Adapted), want);
         assert!(err == 0.0, "{name}: reloaded classifier differs by {err:e}");
@@ -437,11 +455,21 @@ fn classification_adapters_keep_their_trained_head() {
         if name != "seqcls_bare" {
             continue;
         }
-        let mut other =
-            BertForSequenceClassification::from_pretrained(&base, Some(labels + 1), 0, &device, DType::F32)
-                .unwrap();
-        let e = load_adapter(&mut other, dir.path()).unwrap_err().to_string();
-        assert!(e.contains("classifier") && e.contains(&format!("[{labels}")), "{e}");
+        let mut other = BertForSequenceClassification::from_pretrained(
+            &base,
+            Some(labels + 1),
+            0,
+            &device,
+            DType::F32,
+        )
+        .unwrap();
+        let e = load_adapter(&mut other, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("classifier") && e.contains(&format!("[{labels}")),
+            "{e}"
+        );
     }
 }
 
@@ -461,7 +489,9 @@ fn monteclora_pissa_saved_converted_is_plain_lora() {
     assert_eq!(written.r, 6);
     let file = SafetensorsFile::open(&dir.path().join("adapter_model.safetensors")).unwrap();
     assert!(
-        file.names().iter().all(|k| k.contains(".lora_A.") || k.contains(".lora_B.")),
+        file.names()
+            .iter()
+            .all(|k| k.contains(".lora_A.") || k.contains(".lora_B.")),
         "a converted adapter keeps only lora_A / lora_B, as peft's conversion: {:?}",
         file.names()
     );
@@ -517,10 +547,16 @@ fn write_adapters_for_peft() {
         let mask: Vec<i64> = batch.attention_mask.iter().map(|&v| v as i64).collect();
         let dims = batch.dims;
         expected.insert(format!("{name}.input_ids"), TensorData::new(ids, dims));
-        expected.insert(format!("{name}.attention_mask"), TensorData::new(mask, dims));
+        expected.insert(
+            format!("{name}.attention_mask"),
+            TensorData::new(mask, dims),
+        );
         if let Some(types) = &batch.token_type_ids {
             let types: Vec<i64> = types.iter().map(|&v| v as i64).collect();
-            expected.insert(format!("{name}.token_type_ids"), TensorData::new(types, dims));
+            expected.insert(
+                format!("{name}.token_type_ids"),
+                TensorData::new(types, dims),
+            );
         }
         let logits = model.logits(&batch, ForwardMode::Adapted);
         assert_eq!(logits.dims()[0], b);
@@ -547,15 +583,19 @@ fn write_adapters_for_peft() {
         };
         save_merged(&model, &base, &root.join("merged_llama"), &options).unwrap();
         let batch = TokenBatch::right_padded(&[vec![5, 9, 17, 33, 2, 71], vec![4, 40, 100]], 0);
-        (batch.clone(), model.logits(&batch, ForwardMode::Adapted).to_data())
+        (
+            batch.clone(),
+            model.logits(&batch, ForwardMode::Adapted).to_data(),
+        )
     };
     let merged_bert = {
         let (base, labels) = (fixtures().join("seqcls_bare_base"), 2);
         let (model, _) = trained_classifier(&base, labels, &device);
         let mut options = MergeOptions::default();
-        options
-            .config_overrides
-            .insert("architectures".into(), serde_json::json!(["BertForSequenceClassification"]));
+        options.config_overrides.insert(
+            "architectures".into(),
+            serde_json::json!(["BertForSequenceClassification"]),
+        );
         options.config_overrides.insert(
             "id2label".into(),
             serde_json::json!({"0": "neg", "1": "pos"}),
@@ -565,7 +605,10 @@ fn write_adapters_for_peft() {
             .insert("label2id".into(), serde_json::json!({"neg": 0, "pos": 1}));
         save_merged(&model, &base, &root.join("merged_bert"), &options).unwrap();
         let batch = seqcls_batch("seqcls_bare");
-        (batch.clone(), model.logits(&batch, ForwardMode::Adapted).to_data())
+        (
+            batch.clone(),
+            model.logits(&batch, ForwardMode::Adapted).to_data(),
+        )
     };
     for (name, (batch, logits)) in [("merged_llama", merged_llama), ("merged_bert", merged_bert)] {
         let dims = batch.dims;

@@ -44,6 +44,6 @@ pub use init::{InitialFactors, initial_factors};
 pub use layer::{ForwardMode, InitialAdapter, LoraAdapter, LoraLinear, frozen_linear};
 pub use monteclora::{MonteClora, MonteCloraConfig, MonteCloraSample, MonteCloraTerms};
 pub use slots::{
-    AdapterSlots, InjectionReport, SavedParam, SavedParamMut, clear_monteclora, draw_monteclora, inject, merge_all,
-    monteclora_loss, trainable_adapter_params, unmerge_all,
+    AdapterSlots, InjectionReport, SavedParam, SavedParamMut, clear_monteclora, draw_monteclora,
+    inject, merge_all, monteclora_loss, trainable_adapter_params, unmerge_all,
 };

@@ -167,7 +167,10 @@ pub fn save_merged<M: AdapterSlots>(
         plan.insert(name, (Source::Base(key.as_str()), bytes));
     }
     for (name, data) in &from_model {
-        plan.insert(name.clone(), (Source::Model(data), data.as_bytes().len() as u64));
+        plan.insert(
+            name.clone(),
+            (Source::Model(data), data.as_bytes().len() as u64),
+        );
     }
     // shards of at most max_shard_bytes (a larger single tensor gets a shard of its own)
     let mut groups: Vec<Vec<&String>> = vec![Vec::new()];
@@ -266,7 +269,11 @@ fn merge_into(
     Ok(merged.into_data().convert_dtype(dtype))
 }
 
-fn write_config(base_dir: &Path, out: &Path, overrides: &Map<String, Value>) -> Result<(), IoError> {
+fn write_config(
+    base_dir: &Path,
+    out: &Path,
+    overrides: &Map<String, Value>,
+) -> Result<(), IoError> {
     let path = base_dir.join(MODEL_CONFIG);
     let json_err = |source| IoError::Json {
         path: path.clone(),

@@ -70,7 +70,10 @@ mod tests {
         let path = Path::new("m/config.json");
         let e = check_config_size(path, &[("hidden_size", 0)], || 0, DType::F32).unwrap_err();
         let e = e.to_string();
-        assert!(e.contains("m/config.json") && e.contains("hidden_size = 0"), "{e}");
+        assert!(
+            e.contains("m/config.json") && e.contains("hidden_size = 0"),
+            "{e}"
+        );
         let d = 1_000_000_000usize;
         let e = check_config_size(
             path,

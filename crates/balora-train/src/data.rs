@@ -99,9 +99,10 @@ pub fn read_nlg_jsonl(path: &Path) -> Result<Vec<NlgRecord>, TrainError> {
         let record = if let Some(messages) = obj.get("messages") {
             let messages: Vec<ChatMessage> = serde_json::from_value(messages.clone())
                 .map_err(|e| err(format!("\"messages\" must be [{{role, content}}, …]: {e}")))?;
-            let last = messages.last().filter(|m| m.role == "assistant").ok_or_else(|| {
-                err("a conversation must end with an \"assistant\" turn".into())
-            })?;
+            let last = messages
+                .last()
+                .filter(|m| m.role == "assistant")
+                .ok_or_else(|| err("a conversation must end with an \"assistant\" turn".into()))?;
             let prompt = messages
                 .iter()
                 .rev()
@@ -368,7 +369,10 @@ impl PromptFormat {
                     if m.role != "assistant" {
                         continue;
                     }
-                    let (start, end) = (render(&messages[..i], true)?, render(&messages[..=i], false)?);
+                    let (start, end) = (
+                        render(&messages[..i], true)?,
+                        render(&messages[..=i], false)?,
+                    );
                     if !full.starts_with(&start) || !full.starts_with(&end) {
                         return Err(TrainError::Tokenizer(format!(
                             "the chat template does not render a conversation as the \

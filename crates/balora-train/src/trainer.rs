@@ -372,7 +372,10 @@ where
         }
     }
     bar.finish();
-    plot_losses(&read_metrics::<StepMetrics>(&metrics_path)?, &output.join("loss.png"))?;
+    plot_losses(
+        &read_metrics::<StepMetrics>(&metrics_path)?,
+        &output.join("loss.png"),
+    )?;
     Ok((
         model,
         RunSummary {

@@ -59,7 +59,7 @@ fn nlg_examples() -> Vec<Example> {
 
 fn loop_config(steps: usize) -> LoopConfig {
     LoopConfig {
-        lr: 2e-2,
+        lr: 3e-2,
         schedule: LrSchedule::Cosine,
         warmup_ratio: 0.1,
         adamw: AdamWConfig::default(),
@@ -383,7 +383,11 @@ fn sft_tokenisation_matches_transformers_on_smollm2() {
         let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
         let labels: Vec<i64> = serde_json::from_value(case["labels"].clone()).unwrap();
         assert_eq!(examples[0].ids, ids, "case {i} ({}): ids", case["format"]);
-        assert_eq!(examples[0].labels, labels, "case {i} ({}): labels", case["format"]);
+        assert_eq!(
+            examples[0].labels, labels,
+            "case {i} ({}): labels",
+            case["format"]
+        );
         // generation starts from the same prompt tokens training saw before the response
         let prompt = format.prompt_ids(&tokenizer, &records[0]).unwrap();
         // (the last response is the final run of labelled tokens)

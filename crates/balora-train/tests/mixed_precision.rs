@@ -87,7 +87,10 @@ fn bf16_base_trains_adapters_moments_and_losses_in_f32() {
         ]
     };
     let (h, f) = (terms(&half), terms(&full));
-    for (i, name) in ["task", "consistency", "diversity", "svd", "total"].iter().enumerate() {
+    for (i, name) in ["task", "consistency", "diversity", "svd", "total"]
+        .iter()
+        .enumerate()
+    {
         let err = (h[i] - f[i]).abs();
         // bf16 keeps 8 mantissa bits: activations round by up to 2⁻⁸ relative per layer
         assert!(
@@ -99,9 +102,12 @@ fn bf16_base_trains_adapters_moments_and_losses_in_f32() {
     }
     // one AdamW step: moments in f32, parameters stay f32, the base untouched in bf16
     let out = loss
-        .nlg_causal_lm(5, half.logits(&batch, ForwardMode::Adapted), &labels, || {
-            half.logits(&batch, ForwardMode::Teacher)
-        })
+        .nlg_causal_lm(
+            5,
+            half.logits(&batch, ForwardMode::Adapted),
+            &labels,
+            || half.logits(&batch, ForwardMode::Teacher),
+        )
         .unwrap();
     let grads = GradientsParams::from_grads(out.loss.backward(), &half);
     let mut optim = AdamW::new(AdamWConfig::default());
@@ -112,9 +118,17 @@ fn bf16_base_trains_adapters_moments_and_losses_in_f32() {
         assert_eq!(d.dtype(), DType::F32, "moment {k}");
     }
     half.visit_slots(&mut |path, slot| {
-        assert_eq!(slot.weight.val().dtype(), DType::BF16, "{path}: base after a step");
+        assert_eq!(
+            slot.weight.val().dtype(),
+            DType::BF16,
+            "{path}: base after a step"
+        );
         if let Some(a) = &slot.adapter {
-            assert_eq!(a.lora_b.val().dtype(), DType::F32, "{path}: lora_B after a step");
+            assert_eq!(
+                a.lora_b.val().dtype(),
+                DType::F32,
+                "{path}: lora_B after a step"
+            );
         }
     });
 }

@@ -92,11 +92,14 @@ fn loop_config(seed: u64) -> LoopConfig {
 fn run(task: &str, dir: &Path, resume: bool, seed: u64) {
     let device = Device::flex().autodiff();
     let lc = loop_config(seed);
-    let cfg = LoraConfig::new(4, TargetModules::names(["q_proj", "v_proj", "query", "value"]))
-        .with_lora_alpha(8.0)
-        .with_lora_dropout(0.1)
-        .with_init(InitMode::PissaFast { niter: 2 })
-        .with_seed(seed);
+    let cfg = LoraConfig::new(
+        4,
+        TargetModules::names(["q_proj", "v_proj", "query", "value"]),
+    )
+    .with_lora_alpha(8.0)
+    .with_lora_dropout(0.1)
+    .with_init(InitMode::PissaFast { niter: 2 })
+    .with_seed(seed);
     let options = |task_type| SaveOptions {
         task_type: Some(task_type),
         ..SaveOptions::default()
@@ -115,9 +118,24 @@ fn run(task: &str, dir: &Path, resume: bool, seed: u64) {
         let objective = Slow(NluObjective {
             balora: Some(balora),
         });
-        let (model, _) = train(model, &objective, &examples(task), 0, &lc, dir, resume, &device)
-            .unwrap();
-        save_adapter(&model, &cfg, &dir.join("adapter"), &options(TaskType::SeqCls)).unwrap();
+        let (model, _) = train(
+            model,
+            &objective,
+            &examples(task),
+            0,
+            &lc,
+            dir,
+            resume,
+            &device,
+        )
+        .unwrap();
+        save_adapter(
+            &model,
+            &cfg,
+            &dir.join("adapter"),
+            &options(TaskType::SeqCls),
+        )
+        .unwrap();
     } else {
         let base =
             LlamaForCausalLM::from_pretrained(&fixture("models/tiny-llama"), &device, DType::F32)
@@ -125,10 +143,25 @@ fn run(task: &str, dir: &Path, resume: bool, seed: u64) {
         let (model, _) = inject(base, &cfg).unwrap();
         let balora = BaLoraLoss::new(RegularizerConfig::paper(Task::Nlg), STEPS).unwrap();
         let objective = Slow(NlgObjective::new(Some(balora)));
-        let (mut model, _) =
-            train(model, &objective, &examples(task), 0, &lc, dir, resume, &device).unwrap();
+        let (mut model, _) = train(
+            model,
+            &objective,
+            &examples(task),
+            0,
+            &lc,
+            dir,
+            resume,
+            &device,
+        )
+        .unwrap();
         clear_monteclora(&mut model);
-        save_adapter(&model, &cfg, &dir.join("adapter"), &options(TaskType::CausalLm)).unwrap();
+        save_adapter(
+            &model,
+            &cfg,
+            &dir.join("adapter"),
+            &options(TaskType::CausalLm),
+        )
+        .unwrap();
     }
 }
 
@@ -142,7 +175,12 @@ fn child_run() {
     let [task, dir, resume, seed] = parts[..] else {
         panic!("bad {CHILD}={spec}");
     };
-    run(task, Path::new(dir), resume == "resume", seed.parse().unwrap());
+    run(
+        task,
+        Path::new(dir),
+        resume == "resume",
+        seed.parse().unwrap(),
+    );
 }
 
 fn spawn(task: &str, dir: &Path, resume: bool, seed: u64) -> Child {
@@ -175,7 +213,10 @@ fn check_task(task: &str) {
     let root = tempfile::tempdir().unwrap();
     let dir = |name: &str| -> PathBuf { root.path().join(name) };
     // two processes at once, same seed
-    let (a, b) = (spawn(task, &dir("a"), false, 5), spawn(task, &dir("b"), false, 5));
+    let (a, b) = (
+        spawn(task, &dir("a"), false, 5),
+        spawn(task, &dir("b"), false, 5),
+    );
     finish(a);
     finish(b);
     for file in ["metrics.jsonl", "adapter/adapter_model.safetensors"] {
@@ -193,13 +234,19 @@ fn check_task(task: &str) {
     let mut killed = spawn(task, &dir("k"), false, 5);
     let started = Instant::now();
     while checkpoint_step(&dir("k")).is_none_or(|s| s < 4) {
-        assert!(started.elapsed() < Duration::from_secs(120), "{task}: no checkpoint");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{task}: no checkpoint"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     killed.kill().unwrap(); // SIGKILL on Unix
     killed.wait().unwrap();
     let at = checkpoint_step(&dir("k")).unwrap();
-    assert!(at < STEPS, "{task}: the child finished before it was killed");
+    assert!(
+        at < STEPS,
+        "{task}: the child finished before it was killed"
+    );
     assert!(!dir("k").join("adapter").exists());
     finish(spawn(task, &dir("k"), true, 5));
     for file in ["metrics.jsonl", "adapter/adapter_model.safetensors"] {

@@ -268,14 +268,13 @@ impl ClassificationHead {
         dtype: DType,
     ) -> Result<HeadWeights, ModelError> {
         let d = config.hidden_size;
-        let normal =
-            Normal::new(0.0f32, config.initializer_range as f32).map_err(|_| {
-                ModelError::UnsupportedConfig {
-                    key: "initializer_range",
-                    value: config.initializer_range.to_string(),
-                    expected: "a finite non-negative standard deviation",
-                }
-            })?;
+        let normal = Normal::new(0.0f32, config.initializer_range as f32).map_err(|_| {
+            ModelError::UnsupportedConfig {
+                key: "initializer_range",
+                value: config.initializer_range.to_string(),
+                expected: "a finite non-negative standard deviation",
+            }
+        })?;
         let mut rng = StdRng::seed_from_u64(seed);
         // trained in f32 over a half-precision encoder (docs/methods.md)
         let dtype = balora_adapters::training_dtype(dtype);
@@ -463,7 +462,10 @@ impl BertForSequenceClassification {
             },
             dtype,
         )?;
-        if !config.hidden_size.is_multiple_of(config.num_attention_heads) {
+        if !config
+            .hidden_size
+            .is_multiple_of(config.num_attention_heads)
+        {
             return Err(ModelError::UnsupportedConfig {
                 key: "num_attention_heads",
                 value: config.num_attention_heads.to_string(),
@@ -647,7 +649,10 @@ impl AdapterSlots for BertForSequenceClassification {
     fn visit_saved_modules_mut(&mut self, f: &mut dyn FnMut(&str, SavedParamMut<'_>)) {
         let head = &mut self.classifier.current;
         let mut dense = |name: &str, d: &mut Dense| {
-            f(&format!("{name}.weight"), SavedParamMut::Matrix(&mut d.weight));
+            f(
+                &format!("{name}.weight"),
+                SavedParamMut::Matrix(&mut d.weight),
+            );
             f(&format!("{name}.bias"), SavedParamMut::Vector(&mut d.bias));
         };
         match &mut head.dense {

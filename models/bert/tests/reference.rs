@@ -66,9 +66,14 @@ fn tiny_roberta_classifier_matches_transformers() {
 #[test]
 fn minilm_pooled_embeddings_match_transformers() {
     let dir = asset("models/all-MiniLM-L6-v2");
-    let model =
-        BertForSequenceClassification::from_pretrained(&dir, Some(2), 0, &Device::flex(), DType::F32)
-            .unwrap();
+    let model = BertForSequenceClassification::from_pretrained(
+        &dir,
+        Some(2),
+        0,
+        &Device::flex(),
+        DType::F32,
+    )
+    .unwrap();
     let file = SafetensorsFile::open(&fixture("models/minilm/reference.safetensors")).unwrap();
     let batch = batch_from(&file, true);
     // tokenizer ids equal Python's once the shipped fixed padding (to 128) is switched off

@@ -180,7 +180,11 @@ impl LlamaConfig {
 
     /// Refuse zero dimensions and weights that cannot fit in memory, before anything is
     /// allocated from them (`path` is the config file, for the error).
-    pub fn check_size(&self, path: &std::path::Path, dtype: burn::tensor::DType) -> Result<(), ModelError> {
+    pub fn check_size(
+        &self,
+        path: &std::path::Path,
+        dtype: burn::tensor::DType,
+    ) -> Result<(), ModelError> {
         let dims = [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
