@@ -5,36 +5,20 @@
 //! transformers loading the same exports: `scripts/peft_fixtures.py check` (see
 //! `tests/peft_interop.rs`, `write_adapters_for_peft`).
 
+mod common;
+
 use std::path::Path;
 
-use balora::adapters::{AdapterSlots, ForwardMode, InitMode, LoraConfig, TargetModules, inject};
-use balora::burn::tensor::{DType, Device, Tensor, TensorData};
+use balora::adapters::{ForwardMode, InitMode, LoraConfig, TargetModules, inject};
+use balora::burn::tensor::{DType, Device, TensorData};
 use balora::io::tensors::SafetensorsFile;
 use balora::io::{MergeOptions, save_merged};
 use balora_bert::BertForSequenceClassification;
 use balora_gpt2::Gpt2LmHeadModel;
 use balora_llama::LlamaForCausalLM;
 use balora_model::{CausalLm, SequenceClassifier, TokenBatch};
-use balora_testkit::{fixture, max_abs_diff, pseudo_random};
-
-/// Move every `lora_B` off zero (a stand-in for training) so the update is not trivial.
-fn perturb<M: AdapterSlots>(model: &mut M) {
-    let mut seed = 11;
-    model.visit_slots_mut(&mut |_, slot| {
-        if let Some(ad) = &mut slot.adapter {
-            seed += 1;
-            let s = seed;
-            ad.lora_b = ad.lora_b.clone().map(|b| {
-                let dims = b.dims();
-                let n = Tensor::<2>::from_data(
-                    TensorData::new(pseudo_random(dims[0] * dims[1], s), dims),
-                    &b.device(),
-                );
-                (b + n.mul_scalar(0.2)).detach()
-            });
-        }
-    });
-}
+use balora_testkit::{fixture, max_abs_diff};
+use common::perturb_slots;
 
 fn batch() -> TokenBatch {
     let mut b = TokenBatch::right_padded(&[vec![5, 9, 17, 33, 2, 71, 8], vec![4, 40, 100, 6]], 0);
@@ -75,7 +59,7 @@ fn merged_llama_is_sharded_and_equals_the_adapted_model() {
         "down_proj",
     ];
     let (mut model, _) = inject(model, &cfg(&targets, InitMode::Pissa)).unwrap();
-    perturb(&mut model);
+    perturb_slots(&mut model, 0.2);
     let want = model.logits(&batch(), ForwardMode::Adapted);
     let out = tempfile::tempdir().unwrap();
     let options = MergeOptions {
@@ -108,7 +92,7 @@ fn merged_gpt2_transposes_conv1d_updates() {
         &cfg(&["c_attn", "c_proj", "c_fc"], InitMode::Gaussian),
     )
     .unwrap();
-    perturb(&mut model);
+    perturb_slots(&mut model, 0.2);
     let want = model.logits(&batch(), ForwardMode::Adapted);
     let out = tempfile::tempdir().unwrap();
     let report = save_merged(&model, &base, out.path(), &MergeOptions::default()).unwrap();
@@ -141,7 +125,7 @@ fn merged_classifier_keeps_its_head_and_the_original_dtype() {
         BertForSequenceClassification::from_pretrained(src.path(), Some(2), 3, &device, DType::F32)
             .unwrap();
     let (mut model, _) = inject(model, &cfg(&["query", "value"], InitMode::Gaussian)).unwrap();
-    perturb(&mut model);
+    perturb_slots(&mut model, 0.2);
     let want = model.logits(&batch(), ForwardMode::Adapted);
     let out = tempfile::tempdir().unwrap();
     let report = save_merged(&model, src.path(), out.path(), &MergeOptions::default()).unwrap();

@@ -6,6 +6,8 @@
 //! `cargo test --test peft_interop -- --ignored write_adapters_for_peft` followed by
 //! `scripts/peft_fixtures.py check target/peft-interop`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use balora::adapters::{
@@ -23,6 +25,7 @@ use balora_bert::BertForSequenceClassification;
 use balora_llama::LlamaForCausalLM;
 use balora_model::{CausalLm, SequenceClassifier, TokenBatch};
 use balora_testkit::{fixture, max_abs_diff, pseudo_random};
+use common::perturb_slots;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/peft")
@@ -622,23 +625,4 @@ fn write_adapters_for_peft() {
         expected.insert(format!("{name}.logits"), logits);
     }
     write_safetensors(&root.join("expected.safetensors"), &expected).unwrap();
-}
-
-/// Move every `lora_B` off its start by `amount` of seeded noise (a stand-in for training).
-fn perturb_slots<M: AdapterSlots>(model: &mut M, amount: f64) {
-    let mut seed = 90;
-    model.visit_slots_mut(&mut |_, slot| {
-        if let Some(ad) = &mut slot.adapter {
-            seed += 1;
-            let s = seed;
-            ad.lora_b = ad.lora_b.clone().map(|b| {
-                let dims = b.dims();
-                let n = Tensor::<2>::from_data(
-                    TensorData::new(pseudo_random(dims[0] * dims[1], s), dims),
-                    &b.device(),
-                );
-                (b + n.mul_scalar(amount)).detach().require_grad()
-            });
-        }
-    });
 }
