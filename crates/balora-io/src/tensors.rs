@@ -90,18 +90,8 @@ impl SafetensorsFile {
         &self,
         key: &str,
     ) -> Result<(Vec<E>, Vec<usize>), IoError> {
-        let st = self.parse()?;
-        let view = st.tensor(key).map_err(|_| IoError::MissingTensor {
-            path: self.path.clone(),
-            key: key.to_string(),
-        })?;
-        let src = burn_dtype(view.dtype()).ok_or_else(|| IoError::Dtype {
-            path: self.path.clone(),
-            key: key.to_string(),
-            dtype: format!("{:?}", view.dtype()),
-        })?;
-        let shape = view.shape().to_vec();
-        let data = TensorData::from_bytes_vec(view.data().to_vec(), shape.clone(), src);
+        let data = self.data(key)?;
+        let shape = data.shape().as_slice().to_vec();
         Ok((data.iter::<E>().collect(), shape))
     }
 
