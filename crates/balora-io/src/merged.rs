@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use balora_adapters::{AdapterSlots, SavedParam};
+use balora_adapters::AdapterSlots;
 use burn::tensor::{DType, Tensor, TensorData};
 use serde_json::{Map, Value, json};
 
@@ -138,14 +138,7 @@ pub fn save_merged<M: AdapterSlots>(
         }
     };
     // the tensors trained in full, by their module path
-    let mut from_model: BTreeMap<String, TensorData> = BTreeMap::new();
-    model.visit_saved_modules(&mut |path, param| {
-        let data = match param {
-            SavedParam::Vector(p) => p.val().detach().into_data(),
-            SavedParam::Matrix(p) => p.val().detach().into_data(),
-        };
-        from_model.insert(path.to_string(), data);
-    });
+    let from_model = crate::peft::saved_module_data(model);
     // plan: (output key, source) in key order, with sizes for sharding
     enum Source<'a> {
         Base(&'a str),

@@ -209,13 +209,9 @@ pub fn save_adapter<M: AdapterSlots>(
         }
     });
     let modules_to_save = model.modules_to_save();
-    model.visit_saved_modules(&mut |path, param| {
-        let data = match param {
-            SavedParam::Vector(p) => p.val().detach().into_data(),
-            SavedParam::Matrix(p) => to_data(p.val()),
-        };
+    for (path, data) in saved_module_data(model) {
         tensors.insert(format!("{KEY_PREFIX}{path}"), data);
-    });
+    }
     let (r, alpha) = if convert {
         let alpha = if config.use_rslora {
             config.lora_alpha * std::f64::consts::SQRT_2
@@ -252,6 +248,20 @@ pub fn save_adapter<M: AdapterSlots>(
     let monteclora = config.monteclora.as_ref().filter(|_| !convert);
     write_config(&dir.join(CONFIG_FILE), &peft, monteclora)?;
     Ok(peft)
+}
+
+/// The values of every tensor of the model's fully trained modules, by module path
+/// (`classifier.weight`): what adapter files and merged exports write besides the factors.
+pub(crate) fn saved_module_data<M: AdapterSlots>(model: &M) -> BTreeMap<String, TensorData> {
+    let mut out = BTreeMap::new();
+    model.visit_saved_modules(&mut |path, param| {
+        let data = match param {
+            SavedParam::Vector(p) => p.val().detach().into_data(),
+            SavedParam::Matrix(p) => to_data(p.val()),
+        };
+        out.insert(path.to_string(), data);
+    });
+    out
 }
 
 /// Write `adapter_config.json` like peft (`indent=2, sort_keys=True`), with the fields peft
