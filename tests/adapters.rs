@@ -1,8 +1,8 @@
-//! `LoraLinear` on every backend: exactness of the starting point, PiSSA, merge, teacher mode,
+//! `LoraLinear` on every backend: exactness of the starting point, PiSSA, merge, the teacher,
 //! gradients (finite differences in f64 on flex) and wgpu agreement with flex.
 
 use balora::adapters::{
-    AdapterSlots, ForwardMode, InitMode, LoraConfig, LoraLinear, TargetModules, inject, merge_all,
+    AdapterSlots, InitMode, LoraConfig, LoraLinear, TargetModules, inject, merge_all, teacher,
     unmerge_all,
 };
 use balora::burn::module::Module;
@@ -54,16 +54,11 @@ fn adapted(device: &Device, dtype: DType, init: InitMode) -> LoraLinear {
 
 /// Pretend training moved the factors away from their initial values.
 fn perturb(layer: &mut LoraLinear) {
-    let adapter = layer.adapter.as_mut().unwrap();
-    // a new leaf, as an optimizer step leaves it
-    adapter.lora_a = adapter
-        .lora_a
-        .clone()
-        .map(|a| a.add_scalar(0.1).detach().require_grad());
-    adapter.lora_b = adapter
-        .lora_b
-        .clone()
-        .map(|b| b.sub_scalar(0.05).detach().require_grad());
+    let adapter = layer.adapter_mut().unwrap();
+    // new leaves, as an optimizer step leaves them
+    let a = adapter.lora_a().val().add_scalar(0.1);
+    let b = adapter.lora_b().val().sub_scalar(0.05);
+    adapter.set_factors("q", a, b).unwrap();
 }
 
 #[test]
@@ -74,10 +69,10 @@ fn gaussian_init_leaves_the_output_exactly_equal_to_the_base_layer() {
     let x = input(&d, DType::F64);
     assert_eq!(max_abs_diff(layer.forward(x.clone()), base.forward(x)), 0.0);
     // B = 0 and A is Kaiming-uniform within ±1/√in.
-    let a = layer.adapter.as_ref().unwrap();
-    assert!(values(a.lora_b.val()).iter().all(|v| *v == 0.0));
+    let a = layer.adapter().unwrap();
+    assert!(values(a.lora_b().val()).iter().all(|v| *v == 0.0));
     let bound = 1.0 / (IN as f64).sqrt();
-    let av = values(a.lora_a.val());
+    let av = values(a.lora_a().val());
     assert!(av.iter().all(|v| v.abs() <= bound) && av.iter().any(|v| *v != 0.0));
 }
 
@@ -86,7 +81,7 @@ fn pissa_reconstructs_the_weight_to_1e_10_in_f64() {
     let d = f64_device();
     for init in [InitMode::Pissa, InitMode::PissaFast { niter: 4 }] {
         let layer = adapted(&d, DType::F64, init);
-        let a = layer.adapter.as_ref().unwrap();
+        let a = layer.adapter().unwrap();
         let rebuilt = layer.weight.val() + a.delta_weight();
         let err = max_abs_diff(rebuilt, weight(&d, DType::F64));
         assert!(
@@ -94,8 +89,8 @@ fn pissa_reconstructs_the_weight_to_1e_10_in_f64() {
             "{init:?}: W_res + s·B·A differs from W by {err:e}"
         );
         // A and B share the singular values equally: ‖row_i(A)‖ = ‖col_i(B)‖ = √(σ_i/s).
-        let row_norms: Vec<f64> = values(a.lora_a.val().powi_scalar(2).sum_dim(1));
-        let col_norms: Vec<f64> = values(a.lora_b.val().powi_scalar(2).sum_dim(0));
+        let row_norms: Vec<f64> = values(a.lora_a().val().powi_scalar(2).sum_dim(1));
+        let col_norms: Vec<f64> = values(a.lora_b().val().powi_scalar(2).sum_dim(0));
         for (r, c) in row_norms.iter().zip(&col_norms) {
             assert!((r - c).abs() < 1e-10);
         }
@@ -124,18 +119,18 @@ fn full_pissa_holds_the_top_singular_triplets() {
             .with_lora_alpha(alpha)
             .with_init(InitMode::Pissa);
         layer.attach("l", &cfg).unwrap();
-        let ad = layer.adapter.as_ref().unwrap();
+        let ad = layer.adapter().unwrap();
         let close = |got: Vec<f64>, want: &[f64]| {
             got.iter()
                 .zip(want)
                 .all(|(g, w)| (g.abs() - w).abs() < 1e-6)
         };
         assert!(
-            close(values(ad.lora_a.val()), &a_abs),
+            close(values(ad.lora_a().val()), &a_abs),
             "lora_A for α = {alpha}"
         );
         assert!(
-            close(values(ad.lora_b.val()), &b_abs),
+            close(values(ad.lora_b().val()), &b_abs),
             "lora_B for α = {alpha}"
         );
         let res = [
@@ -182,7 +177,7 @@ fn fast_pissa_spans_the_exact_top_subspace_under_a_spectral_gap() {
         let mut l = LoraLinear::new(w.clone(), None);
         let cfg = LoraConfig::new(3, TargetModules::names(["l"])).with_init(init);
         l.attach("l", &cfg).unwrap();
-        l.adapter.unwrap().lora_b.val() // U_r·√S, [m, 3]
+        l.adapter().unwrap().lora_b().val() // U_r·√S, [m, 3]
     };
     let fast = top(InitMode::PissaFast { niter: 2 });
     // Each exact top singular vector lies in the span of the fast factor's columns: the
@@ -237,7 +232,7 @@ fn merge_and_unmerge_round_trip() {
 }
 
 #[test]
-fn teacher_mode_is_the_pretrained_layer_whatever_training_did() {
+fn the_teacher_is_the_pretrained_layer_whatever_training_did() {
     let d = f64_device();
     let pretrained = LoraLinear::new(weight(&d, DType::F64), Some(bias(&d, DType::F64)));
     let x = input(&d, DType::F64);
@@ -249,12 +244,12 @@ fn teacher_mode_is_the_pretrained_layer_whatever_training_did() {
     ] {
         let mut layer = adapted(&d, DType::F64, init);
         perturb(&mut layer);
-        let got = layer.forward_mode(x.clone(), ForwardMode::Teacher);
+        let got = layer.teacher().forward(x.clone());
         assert!(max_abs_diff(got.clone(), want.clone()) < 1e-12, "{init:?}");
         assert!(!got.is_require_grad(), "teacher output must not be tracked");
         // ...also when the adapter is merged into the weight.
         layer.merge();
-        let got = layer.forward_mode(x.clone(), ForwardMode::Teacher);
+        let got = layer.teacher().forward(x.clone());
         assert!(max_abs_diff(got, want.clone()) < 1e-12, "{init:?} merged");
         // and the adapted output did move
         layer.unmerge();
@@ -339,16 +334,16 @@ fn injection_targets_by_name_and_only_adapters_receive_gradients() {
     let (model, report) = inject(TinyMlp::new(&d), &cfg).unwrap();
     assert_eq!(report.adapted, vec!["mlp.up".to_string()]);
     assert_eq!(report.trainable_params, 2 * (IN + 8));
-    assert!(model.down.adapter.is_none());
+    assert!(model.down.adapter().is_none());
     let loss = probe(model.forward(input(&d, DType::F64)));
     let grads = loss.backward();
-    let up = model.up.adapter.as_ref().unwrap();
-    assert!(up.lora_a.val().grad(&grads).is_some());
-    assert!(up.lora_b.val().grad(&grads).is_some());
+    let up = model.up.adapter().unwrap();
+    assert!(up.lora_a().val().grad(&grads).is_some());
+    assert!(up.lora_b().val().grad(&grads).is_some());
     assert!(model.up.weight.val().grad(&grads).is_none());
     assert!(model.down.weight.val().grad(&grads).is_none());
-    let init = up.initial.as_ref().unwrap();
-    assert!(init.lora_a.val().grad(&grads).is_none());
+    let init = up.initial().unwrap();
+    assert!(init.lora_a().val().grad(&grads).is_none());
 }
 
 #[test]
@@ -363,6 +358,51 @@ fn injection_reports_targets_that_match_nothing() {
     assert!(err.contains("mlp.up") && err.contains("rank 9"), "{err}");
 }
 
+/// The model-level teacher: every slot is the pretrained layer, whatever the adapters learn
+/// afterwards (an optimizer replaces the student's trained tensors, the teacher keeps its own
+/// handles), and nothing in it is trainable.
+#[test]
+fn the_teacher_of_a_model_is_the_pretrained_model_and_stays_it() {
+    let d = f64_device();
+    let x = input(&d, DType::F64);
+    let want = TinyMlp::new(&d).forward(x.clone());
+    for init in [InitMode::Gaussian, InitMode::Pissa] {
+        let cfg = LoraConfig::new(2, TargetModules::Regex(".*".into())).with_init(init);
+        let (mut model, _) = inject(TinyMlp::new(&d), &cfg).unwrap();
+        let frozen = teacher(&model);
+        assert!(
+            max_abs_diff(frozen.forward(x.clone()), want.clone()) < 1e-12,
+            "{init:?}"
+        );
+        perturb(&mut model.up);
+        perturb(&mut model.down);
+        assert!(
+            max_abs_diff(model.forward(x.clone()), want.clone()) > 1e-3,
+            "{init:?}"
+        );
+        assert!(
+            max_abs_diff(frozen.forward(x.clone()), want.clone()) < 1e-12,
+            "{init:?}"
+        );
+        // taken after training, the teacher still goes back to the initial factors
+        assert!(max_abs_diff(teacher(&model).forward(x.clone()), want.clone()) < 1e-12);
+        let mut any_grad = false;
+        frozen.visit_slots(&mut |_, slot| {
+            any_grad |= slot.weight.is_require_grad();
+            if let Some(a) = slot.adapter() {
+                any_grad |= a.lora_a().is_require_grad() || a.lora_b().is_require_grad();
+            }
+        });
+        assert!(!any_grad, "{init:?}: the teacher has a trainable tensor");
+        match init {
+            InitMode::Gaussian => {
+                assert!(frozen.up.adapter().is_none() && frozen.down.adapter().is_none())
+            }
+            _ => assert!(frozen.up.adapter().is_some_and(|a| a.initial().is_none())),
+        }
+    }
+}
+
 #[test]
 fn merge_all_and_unmerge_all_visit_every_slot() {
     let d = f64_device();
@@ -371,9 +411,7 @@ fn merge_all_and_unmerge_all_visit_every_slot() {
     let x = input(&d, DType::F64);
     let y = model.forward(x.clone());
     merge_all(&mut model);
-    assert!(
-        model.up.adapter.as_ref().unwrap().merged && model.down.adapter.as_ref().unwrap().merged
-    );
+    assert!(model.up.adapter().unwrap().is_merged() && model.down.adapter().unwrap().is_merged());
     assert!(max_abs_diff(model.forward(x.clone()), y.clone()) < 1e-12);
     unmerge_all(&mut model);
     assert!(max_abs_diff(model.forward(x), y) < 1e-12);
@@ -389,12 +427,12 @@ mod wgpu {
         perturb(&mut layer);
         let x = input(device, DType::F32).require_grad();
         let y = layer.forward(x.clone());
-        let t = layer.forward_mode(x.clone().detach(), ForwardMode::Teacher);
+        let t = layer.teacher().forward(x.clone().detach());
         let dims = y.dims();
         let g = tensor32(&pseudo_random(dims.iter().product(), 9), dims, device);
         let grads = (y.clone() * g).sum().backward();
-        let ad = layer.adapter.as_ref().unwrap();
-        let ga = ad.lora_a.val().grad(&grads).unwrap();
+        let ad = layer.adapter().unwrap();
+        let ga = ad.lora_a().val().grad(&grads).unwrap();
         let gx = x.grad(&grads).unwrap();
         (values(y), values(t), values(ga), values(gx))
     }

@@ -9,7 +9,7 @@ mod common;
 
 use std::path::Path;
 
-use balora::adapters::{ForwardMode, InitMode, LoraConfig, TargetModules, inject};
+use balora::adapters::{InitMode, LoraConfig, TargetModules, inject};
 use balora::burn::tensor::{DType, Device, TensorData};
 use balora::io::tensors::SafetensorsFile;
 use balora::io::{MergeOptions, save_merged};
@@ -60,7 +60,7 @@ fn merged_llama_is_sharded_and_equals_the_adapted_model() {
     ];
     let (mut model, _) = inject(model, &cfg(&targets, InitMode::Pissa)).unwrap();
     perturb_slots(&mut model, 0.2);
-    let want = model.logits(&batch(), ForwardMode::Adapted);
+    let want = model.logits(&batch());
     let out = tempfile::tempdir().unwrap();
     let options = MergeOptions {
         max_shard_bytes: 40_000,
@@ -72,14 +72,14 @@ fn merged_llama_is_sharded_and_equals_the_adapted_model() {
     assert!(out.path().join("model.safetensors.index.json").is_file());
     assert!(out.path().join("config.json").is_file());
     let merged = LlamaForCausalLM::from_pretrained(out.path(), &device, DType::F32).unwrap();
-    let err = max_abs_diff(merged.logits(&batch(), ForwardMode::Adapted), want.clone());
+    let err = max_abs_diff(merged.logits(&batch()), want.clone());
     assert!(
         err < 1e-4,
         "merged differs from the adapted model by {err:e}"
     );
     // the merge is the fine-tuned model, not the base
     let plain = LlamaForCausalLM::from_pretrained(&base, &device, DType::F32).unwrap();
-    assert!(max_abs_diff(plain.logits(&batch(), ForwardMode::Adapted), want) > 1e-3);
+    assert!(max_abs_diff(plain.logits(&batch()), want) > 1e-3);
 }
 
 #[test]
@@ -93,13 +93,13 @@ fn merged_gpt2_transposes_conv1d_updates() {
     )
     .unwrap();
     perturb_slots(&mut model, 0.2);
-    let want = model.logits(&batch(), ForwardMode::Adapted);
+    let want = model.logits(&batch());
     let out = tempfile::tempdir().unwrap();
     let report = save_merged(&model, &base, out.path(), &MergeOptions::default()).unwrap();
     assert_eq!(report.shards.len(), 1);
     assert!(out.path().join("model.safetensors").is_file());
     let merged = Gpt2LmHeadModel::from_pretrained(out.path(), &device, DType::F32).unwrap();
-    let err = max_abs_diff(merged.logits(&batch(), ForwardMode::Adapted), want);
+    let err = max_abs_diff(merged.logits(&batch()), want);
     assert!(err < 1e-4, "merged GPT-2 differs by {err:e}");
 }
 
@@ -126,7 +126,7 @@ fn merged_classifier_keeps_its_head_and_the_original_dtype() {
             .unwrap();
     let (mut model, _) = inject(model, &cfg(&["query", "value"], InitMode::Gaussian)).unwrap();
     perturb_slots(&mut model, 0.2);
-    let want = model.logits(&batch(), ForwardMode::Adapted);
+    let want = model.logits(&batch());
     let out = tempfile::tempdir().unwrap();
     let report = save_merged(&model, src.path(), out.path(), &MergeOptions::default()).unwrap();
     assert_eq!(report.from_model, 2);
@@ -156,6 +156,6 @@ fn merged_classifier_keeps_its_head_and_the_original_dtype() {
     )
     .unwrap();
     // the merged weights are rounded to bf16 once
-    let err = max_abs_diff(merged.logits(&batch(), ForwardMode::Adapted), want);
+    let err = max_abs_diff(merged.logits(&batch()), want);
     assert!(err < 5e-2, "merged classifier differs by {err:e}");
 }

@@ -11,8 +11,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use balora::adapters::{
-    AdapterSlots, ForwardMode, InitMode, LoraConfig, LoraLinear, MonteCloraConfig, SavedParamMut,
-    TargetModules, inject,
+    AdapterSlots, InitMode, LoraConfig, LoraLinear, MonteCloraConfig, SavedParamMut, TargetModules,
+    inject,
 };
 use balora::burn::module::Module;
 use balora::burn::tensor::{DType, Device, Tensor, TensorData};
@@ -153,7 +153,7 @@ fn pissa_is_converted_to_plain_lora_on_save() {
 fn perturb(model: &mut TinyMlp) {
     let mut seed = 40;
     model.visit_slots_mut(&mut |_, slot| {
-        if let Some(ad) = &mut slot.adapter {
+        if let Some(ad) = slot.adapter_mut() {
             seed += 1;
             let noise = |t: Tensor<2>, s| {
                 let dims = t.dims();
@@ -163,8 +163,9 @@ fn perturb(model: &mut TinyMlp) {
                 );
                 (t + n.mul_scalar(0.05)).detach().require_grad()
             };
-            ad.lora_a = ad.lora_a.clone().map(|a| noise(a, seed));
-            ad.lora_b = ad.lora_b.clone().map(|b| noise(b, seed + 100));
+            let a = noise(ad.lora_a().val(), seed);
+            let b = noise(ad.lora_b().val(), seed + 100);
+            ad.set_factors("perturbed", a, b).unwrap();
         }
     });
 }
@@ -338,7 +339,7 @@ fn seq_cls_adapters_saved_by_peft_reproduce_peft_logits() {
         let loaded = load_adapter(&mut model, &fixtures().join(name)).unwrap();
         assert_eq!(loaded.adapted.len(), 4, "{name}: q and v of two layers");
         let batch = seqcls_batch(name);
-        let got = model.logits(&batch, ForwardMode::Adapted);
+        let got = model.logits(&batch);
         let err = max_abs_diff(got, seqcls_logits(name, &device));
         assert!(err < 1e-5, "{name}: balora differs from peft by {err:e}");
     }
@@ -399,7 +400,7 @@ fn classification_adapters_keep_their_trained_head() {
     for (name, base, labels) in seqcls_cases() {
         let (model, cfg) = trained_classifier(&base, labels, &device);
         let batch = seqcls_batch(name);
-        let want = model.logits(&batch, ForwardMode::Adapted);
+        let want = model.logits(&batch);
         let dir = tempfile::tempdir().unwrap();
         let options = SaveOptions {
             task_type: Some(TaskType::SeqCls),
@@ -451,7 +452,7 @@ fn classification_adapters_keep_their_trained_head() {
         )
         .unwrap();
         load_adapter(&mut fresh, dir.path()).unwrap();
-        let err = max_abs_diff(fresh.logits(&batch, ForwardMode::Adapted), want);
+        let err = max_abs_diff(fresh.logits(&batch), want);
         assert!(err == 0.0, "{name}: reloaded classifier differs by {err:e}");
         // a head of the wrong number of labels is refused with the key and both shapes (on
         // the bare encoder, whose head is not fixed by its checkpoint)
@@ -561,7 +562,7 @@ fn write_adapters_for_peft() {
                 TensorData::new(types, dims),
             );
         }
-        let logits = model.logits(&batch, ForwardMode::Adapted);
+        let logits = model.logits(&batch);
         assert_eq!(logits.dims()[0], b);
         expected.insert(format!("{name}.logits"), logits.to_data());
         let options = SaveOptions {
@@ -586,10 +587,7 @@ fn write_adapters_for_peft() {
         };
         save_merged(&model, &base, &root.join("merged_llama"), &options).unwrap();
         let batch = TokenBatch::right_padded(&[vec![5, 9, 17, 33, 2, 71], vec![4, 40, 100]], 0);
-        (
-            batch.clone(),
-            model.logits(&batch, ForwardMode::Adapted).to_data(),
-        )
+        (batch.clone(), model.logits(&batch).to_data())
     };
     let merged_bert = {
         let (base, labels) = (fixtures().join("seqcls_bare_base"), 2);
@@ -608,10 +606,7 @@ fn write_adapters_for_peft() {
             .insert("label2id".into(), serde_json::json!({"neg": 0, "pos": 1}));
         save_merged(&model, &base, &root.join("merged_bert"), &options).unwrap();
         let batch = seqcls_batch("seqcls_bare");
-        (
-            batch.clone(),
-            model.logits(&batch, ForwardMode::Adapted).to_data(),
-        )
+        (batch.clone(), model.logits(&batch).to_data())
     };
     for (name, (batch, logits)) in [("merged_llama", merged_llama), ("merged_bert", merged_bert)] {
         let dims = batch.dims;

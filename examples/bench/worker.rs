@@ -1,67 +1,28 @@
-//! Our side of each [`Job`]: the trainer's own step loop (`balora::train::train`), so the
-//! benchmark measures exactly what `finetune` runs.
+//! Our side of each [`Job`]: the library's [`Trainer`], so the benchmark measures exactly what
+//! `finetune` runs.
 
-use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use balora::adapters::{
-    AdapterSlots, InitMode, LoraConfig, MonteCloraConfig, TargetModules, inject,
-};
+use balora::adapters::{AdapterSlots, LoraConfig, TargetModules, inject};
+use balora::auto::{Architecture, AutoCausalLm};
 use balora::burn::module::Module;
 use balora::burn::tensor::{DType, Device, Distribution, Tensor};
-use balora::losses::{BaLoraLoss, RegularizerConfig, Task};
+use balora::losses::Task;
 use balora::model::CausalLm;
 use balora::train::data::Example;
 use balora::train::metrics::{StepMetrics, StepTiming, peak_rss_mb, read_metrics};
-use balora::train::optim::AdamWConfig;
 use balora::train::schedule::LrSchedule;
-use balora::train::{LoopConfig, NlgObjective, train};
-use balora_gpt2::Gpt2LmHeadModel;
-use balora_llama::LlamaForCausalLM;
+use balora::train::{LoopConfig, Method, NlgObjective, TorchAdamWConfig, Trainer};
 
 use crate::job::{Job, Outcome, token};
 
-/// The architecture a checkpoint's `config.json` names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arch {
-    Gpt2,
-    Llama,
-}
-
-impl Arch {
-    pub fn of(model_dir: &Path) -> Result<Self> {
-        let path = model_dir.join("config.json");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        match v["model_type"].as_str() {
-            Some("gpt2") => Ok(Self::Gpt2),
-            Some("llama" | "qwen2" | "mistral") => Ok(Self::Llama),
-            other => bail!(
-                "{}: model_type {other:?} is not benchmarked",
-                path.display()
-            ),
-        }
-    }
-
-    /// peft's module names for "q,v" (GPT-2 fuses q, k, v in `c_attn`) and for every linear.
-    pub fn targets(self, all: bool) -> &'static [&'static str] {
-        match (self, all) {
-            (Self::Gpt2, false) => &["c_attn"],
-            (Self::Gpt2, true) => &["c_attn", "c_proj", "c_fc"],
-            (Self::Llama, false) => &["q_proj", "v_proj"],
-            (Self::Llama, true) => &[
-                "q_proj",
-                "k_proj",
-                "v_proj",
-                "o_proj",
-                "gate_proj",
-                "up_proj",
-                "down_proj",
-            ],
-        }
+/// peft's targets for "q,v" (GPT-2 fuses q, k, v in `c_attn`), or every linear layer.
+fn targets(arch: Architecture, all: bool) -> &'static [&'static str] {
+    if all {
+        arch.all_linear_targets()
+    } else {
+        arch.peft_default_targets()
     }
 }
 
@@ -70,18 +31,12 @@ pub fn run(job: &Job, device: &Device) -> Result<Outcome> {
     let mut outcome = match job {
         Job::Train {
             model_dir, method, ..
-        } => match Arch::of(model_dir)? {
-            Arch::Gpt2 => {
-                let m = Gpt2LmHeadModel::from_pretrained(model_dir, device, DType::F32)?;
-                let v = m.config().vocab_size;
-                train_job(m, v, job, method, Arch::Gpt2, device)?
-            }
-            Arch::Llama => {
-                let m = LlamaForCausalLM::from_pretrained(model_dir, device, DType::F32)?;
-                let v = m.config().vocab_size;
-                train_job(m, v, job, method, Arch::Llama, device)?
-            }
-        },
+        } => train_job(
+            AutoCausalLm::from_pretrained(model_dir, device, DType::F32)?,
+            job,
+            method,
+            device,
+        )?,
         Job::Gemm {
             m,
             k,
@@ -94,22 +49,10 @@ pub fn run(job: &Job, device: &Device) -> Result<Outcome> {
             niter,
             rank,
         } => {
-            let arch = Arch::of(model_dir)?;
-            let init = match niter {
-                0 => InitMode::Pissa,
-                &niter => InitMode::PissaFast { niter },
-            };
-            let cfg = lora(*rank, arch.targets(true)).with_init(init);
-            let seconds = match arch {
-                Arch::Gpt2 => time_inject(
-                    Gpt2LmHeadModel::from_pretrained(model_dir, device, DType::F32)?,
-                    &cfg,
-                )?,
-                Arch::Llama => time_inject(
-                    LlamaForCausalLM::from_pretrained(model_dir, device, DType::F32)?,
-                    &cfg,
-                )?,
-            };
+            let model = AutoCausalLm::from_pretrained(model_dir, device, DType::F32)?;
+            let targets = targets(model.architecture(), true);
+            let cfg = lora(*rank, targets).with_init(Method::pissa_init(*niter));
+            let seconds = time_inject(model, &cfg)?;
             Outcome {
                 seconds: vec![seconds],
                 ..Outcome::default()
@@ -135,28 +78,16 @@ fn time_inject<M: Module + AdapterSlots>(model: M, cfg: &LoraConfig) -> Result<f
     Ok(seconds)
 }
 
-/// The adapter and regulariser of each benchmarked method.
-fn method_setup(
-    method: &str,
-    rank: usize,
-    arch: Arch,
-    steps: usize,
-) -> Result<(LoraConfig, Option<BaLoraLoss>)> {
-    let qv = lora(rank, arch.targets(false));
-    let pissa = qv.clone().with_init(InitMode::PissaFast { niter: 4 });
-    let preset = |name| -> Result<Option<BaLoraLoss>> {
-        Ok(Some(BaLoraLoss::new(
-            RegularizerConfig::preset(name, Task::Nlg)?,
-            steps,
-        )?))
-    };
-    Ok(match method {
-        "lora" => (qv, None),
-        "lora-all" => (lora(rank, arch.targets(true)), None),
-        "pissa" => (pissa, None),
-        "balora-paper" => (pissa, preset("paper")?),
-        "balora-iclr2026" => (pissa, preset("iclr2026")?),
-        "monteclora" => (qv.with_monteclora(Some(MonteCloraConfig::new())), None),
+/// The method of each benchmarked name and whether it adapts every linear layer (else q, v).
+fn method_setup(name: &str) -> Result<(Method, bool)> {
+    let method = |name, preset| Method::from_name(name, Task::Nlg, 4, preset);
+    Ok(match name {
+        "lora" => (Method::Lora, false),
+        "lora-all" => (Method::Lora, true),
+        "pissa" => (method("pissa", "paper")?, false),
+        "balora-paper" => (method("balora", "paper")?, false),
+        "balora-iclr2026" => (method("balora", "iclr2026")?, false),
+        "monteclora" => (method("monteclora", "paper")?, false),
         other => bail!(
             "unknown method {other:?}: expected one of {:?}",
             crate::job::METHODS
@@ -164,14 +95,8 @@ fn method_setup(
     })
 }
 
-fn train_job<M: CausalLm + Module + AdapterSlots>(
-    model: M,
-    vocab: usize,
-    job: &Job,
-    method: &str,
-    arch: Arch,
-    device: &Device,
-) -> Result<Outcome> {
+fn train_job(model: AutoCausalLm, job: &Job, method: &str, device: &Device) -> Result<Outcome> {
+    let vocab = model.vocab_size();
     let Job::Train {
         steps,
         warmup,
@@ -185,7 +110,9 @@ fn train_job<M: CausalLm + Module + AdapterSlots>(
         unreachable!("train_job gets a Train job")
     };
     let total = warmup + steps;
-    let (cfg, balora) = method_setup(method, rank, arch, total)?;
+    let (method, all) = method_setup(method)?;
+    let cfg = method.adapter_config(lora(rank, targets(model.architecture(), all)));
+    let balora = method.regularizer(total)?;
     let (model, report) = inject(model, &cfg)?;
     let examples: Vec<Example> = (0..batch)
         .map(|b| {
@@ -201,7 +128,7 @@ fn train_job<M: CausalLm + Module + AdapterSlots>(
         lr: 1e-4,
         schedule: LrSchedule::Constant,
         warmup_ratio: 0.0,
-        adamw: AdamWConfig::default(),
+        adamw: TorchAdamWConfig::default(),
         batch_size: batch,
         grad_accum: 1,
         max_grad_norm: Some(1.0),
@@ -211,17 +138,9 @@ fn train_job<M: CausalLm + Module + AdapterSlots>(
         stop_at_step: None,
     };
     let out = tempfile::tempdir()?;
-    let objective = NlgObjective::new(balora);
-    let (model, _) = train(
-        model,
-        &objective,
-        &examples,
-        0,
-        &config,
-        out.path(),
-        false,
-        device,
-    )?;
+    let objective = NlgObjective::new(balora, &model);
+    let trainer = Trainer::new(model, objective, examples, 0, config, out.path(), device)?;
+    let (model, _) = trainer.fit()?;
     drop(model);
     let timing: Vec<StepTiming> = read_metrics(&out.path().join("timing.jsonl"))?;
     let metrics: Vec<StepMetrics> = read_metrics(&out.path().join("metrics.jsonl"))?;

@@ -8,23 +8,17 @@ use balora_testkit::pseudo_random;
 /// keeping each factor a trainable leaf where the device records gradients.
 pub fn perturb_slots<M: AdapterSlots>(model: &mut M, amount: f64) {
     let mut seed = 90;
-    model.visit_slots_mut(&mut |_, slot| {
-        if let Some(ad) = &mut slot.adapter {
+    model.visit_slots_mut(&mut |path, slot| {
+        if let Some(ad) = slot.adapter_mut() {
             seed += 1;
-            let s = seed;
-            ad.lora_b = ad.lora_b.clone().map(|b| {
-                let dims = b.dims();
-                let n = Tensor::<2>::from_data(
-                    TensorData::new(pseudo_random(dims[0] * dims[1], s), dims),
-                    &b.device(),
-                );
-                let moved = (b + n.mul_scalar(amount)).detach();
-                if moved.device().is_autodiff() {
-                    moved.require_grad()
-                } else {
-                    moved
-                }
-            });
+            let b = ad.lora_b().val();
+            let dims = b.dims();
+            let n = Tensor::<2>::from_data(
+                TensorData::new(pseudo_random(dims[0] * dims[1], seed), dims),
+                &b.device(),
+            );
+            let a = ad.lora_a().val();
+            ad.set_factors(path, a, b + n.mul_scalar(amount)).unwrap();
         }
     });
 }

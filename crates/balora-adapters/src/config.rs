@@ -4,6 +4,8 @@
 //! `lora_dropout`, `init_lora_weights`, `target_modules`) so a PEFT user recognises every knob and
 //! `adapter_config.json` maps one-to-one.
 
+use std::collections::BTreeMap;
+
 use burn::config::Config;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
@@ -149,9 +151,40 @@ pub struct LoraConfig {
     /// Make the adapter a MonteCLoRA adapter (Bayesian perturbation of `lora_A`).
     #[config(default = "None")]
     pub monteclora: Option<MonteCloraConfig>,
+    /// Per-layer ranks (peft's `rank_pattern`): a key is a regex that must match a module path
+    /// or a dotted suffix of it (`^(.*\.)?key$`); layers no key matches use `r`.
+    #[config(default = "BTreeMap::new()")]
+    pub rank_pattern: BTreeMap<String, usize>,
+    /// Per-layer `lora_alpha` (peft's `alpha_pattern`), matched as `rank_pattern`.
+    #[config(default = "BTreeMap::new()")]
+    pub alpha_pattern: BTreeMap<String, f64>,
+}
+
+/// The value of the first key of `patterns` that matches `path` as peft matches
+/// `rank_pattern` / `alpha_pattern` keys (`^(.*\.)?key$`); an invalid key matches nothing
+/// (they are checked by [`LoraConfig::validate`]).
+pub fn pattern_value<'a, T>(patterns: &'a BTreeMap<String, T>, path: &str) -> Option<&'a T> {
+    patterns.iter().find_map(|(k, v)| {
+        Regex::new(&format!(r"^(?:.*\.)?(?:{k})$"))
+            .ok()
+            .filter(|re| re.is_match(path))
+            .map(|_| v)
+    })
 }
 
 impl LoraConfig {
+    /// The config of the layer at `path`: its rank and `lora_alpha` from the patterns, no
+    /// patterns left.
+    pub fn for_layer(&self, path: &str) -> LoraConfig {
+        LoraConfig {
+            r: *pattern_value(&self.rank_pattern, path).unwrap_or(&self.r),
+            lora_alpha: *pattern_value(&self.alpha_pattern, path).unwrap_or(&self.lora_alpha),
+            rank_pattern: BTreeMap::new(),
+            alpha_pattern: BTreeMap::new(),
+            ..self.clone()
+        }
+    }
+
     /// The scale `s` applied to `B·A`.
     pub fn scale(&self) -> f64 {
         if self.use_rslora {
@@ -207,6 +240,30 @@ impl LoraConfig {
                 reason: "num_samples ≥ 1, sample_scaler ≥ 0 and dirichlet_prior > 0 are required",
             });
         }
+        for key in self.rank_pattern.keys().chain(self.alpha_pattern.keys()) {
+            Regex::new(key).map_err(|source| AdapterError::InvalidRegex {
+                pattern: key.clone(),
+                source,
+            })?;
+        }
+        if let Some((key, _)) = self.rank_pattern.iter().find(|(_, r)| **r == 0) {
+            return Err(AdapterError::InvalidConfig {
+                field: "rank_pattern",
+                value: format!("{key} = 0"),
+                reason: "every rank must be at least 1",
+            });
+        }
+        if let Some((key, _)) = self
+            .alpha_pattern
+            .iter()
+            .find(|(_, a)| !a.is_finite() || **a == 0.0)
+        {
+            return Err(AdapterError::InvalidConfig {
+                field: "alpha_pattern",
+                value: key.clone(),
+                reason: "every lora_alpha must be finite and non-zero",
+            });
+        }
         self.target_modules.matcher().map(|_| ())
     }
 }
@@ -214,6 +271,29 @@ impl LoraConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rank_and_alpha_patterns_pick_per_layer_values_like_peft() {
+        let mut c =
+            LoraConfig::new(8, TargetModules::names(["q_proj", "v_proj"])).with_lora_alpha(16.0);
+        c.rank_pattern.insert("v_proj".into(), 4);
+        c.alpha_pattern
+            .insert(r"layers\.1\.self_attn\.q_proj".into(), 2.0);
+        let v = c.for_layer("model.layers.0.self_attn.v_proj");
+        assert_eq!((v.r, v.lora_alpha, v.scale()), (4, 16.0, 4.0));
+        let q1 = c.for_layer("model.layers.1.self_attn.q_proj");
+        assert_eq!((q1.r, q1.lora_alpha), (8, 2.0));
+        let q0 = c.for_layer("model.layers.0.self_attn.q_proj");
+        assert_eq!((q0.r, q0.lora_alpha), (8, 16.0));
+        // a key matches whole dotted components only
+        assert_eq!(c.for_layer("model.layers.0.self_attn.xv_proj").r, 8);
+        c.rank_pattern.insert("q_proj".into(), 0);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("rank_pattern") && e.contains("q_proj = 0"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn names_match_whole_components_only() {

@@ -11,50 +11,48 @@ use burn::tensor::{Tensor, assert_shape};
 
 use crate::init::{initial_factors, path_seed};
 use crate::monteclora::MonteClora;
+use crate::variant::{AdapterTensor, Variant};
 use crate::{AdapterError, LoraConfig};
-
-/// Which network a forward pass computes.
-///
-/// `Teacher` is BA-LoRA's frozen reference model (spec Decision 4): base weights plus the
-/// adapter's *initial* factors. Under PiSSA that is `W_res + s·B₀·A₀ = W`, the pretrained model,
-/// up to rounding; under plain LoRA (`B₀ = 0`) it is the base model. No second copy of the model
-/// is ever held, and nothing in the teacher path requires gradients, so autodiff records nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ForwardMode {
-    /// The model being trained (or evaluated): base + current adapter.
-    #[default]
-    Adapted,
-    /// The frozen pretrained reference: base + initial adapter, never tracked by autodiff.
-    Teacher,
-}
 
 /// The frozen starting point `(A₀, B₀)` of an adapter whose `B₀ ≠ 0` (PiSSA).
 #[derive(Module, Debug)]
 pub struct InitialAdapter {
-    /// `A₀`, `[r, in]`, frozen.
-    pub lora_a: Param<Tensor<2>>,
-    /// `B₀`, `[out, r]`, frozen.
-    pub lora_b: Param<Tensor<2>>,
+    lora_a: Param<Tensor<2>>,
+    lora_b: Param<Tensor<2>>,
 }
 
-/// The trainable low-rank update `ΔW = s·B·A` of one layer.
+impl InitialAdapter {
+    /// `A₀`, `[r, in]`, frozen.
+    pub fn lora_a(&self) -> &Param<Tensor<2>> {
+        &self.lora_a
+    }
+
+    /// `B₀`, `[out, r]`, frozen.
+    pub fn lora_b(&self) -> &Param<Tensor<2>> {
+        &self.lora_b
+    }
+}
+
+/// The trainable low-rank update `ΔW = s·B·A` of one layer, with its frozen initial factors
+/// (PiSSA) and an optional [`Variant`]. Its state is private: layers, files and the trainer go
+/// through the methods, which keep the shapes consistent.
 #[derive(Module, Debug)]
 pub struct LoraAdapter {
     /// `lora_A`, `[r, in]`, trainable.
-    pub lora_a: Param<Tensor<2>>,
+    lora_a: Param<Tensor<2>>,
     /// `lora_B`, `[out, r]`, trainable.
-    pub lora_b: Param<Tensor<2>>,
+    lora_b: Param<Tensor<2>>,
     /// The frozen initial factors, kept only when they are not a zero update (PiSSA); for
     /// Gaussian init `B₀ = 0`, so the teacher is the base layer and nothing needs keeping.
-    pub initial: Option<InitialAdapter>,
+    initial: Option<InitialAdapter>,
     /// Dropout on the adapter branch's input.
-    pub dropout: Dropout,
+    dropout: Dropout,
     /// `s = α/r` or `α/√r`.
-    pub scale: f64,
+    scale: f64,
     /// Whether `s·B·A` is currently folded into the base weight.
-    pub merged: bool,
-    /// MonteCLoRA's stochastic perturbation of `lora_A` (training only).
-    pub monteclora: Option<MonteClora>,
+    merged: bool,
+    /// A variant's additions (MonteCLoRA).
+    variant: Option<Variant>,
 }
 
 impl LoraAdapter {
@@ -63,16 +61,126 @@ impl LoraAdapter {
         self.lora_a.shape().dims::<2>()[0]
     }
 
+    /// `lora_A`, `[r, in]`.
+    pub fn lora_a(&self) -> &Param<Tensor<2>> {
+        &self.lora_a
+    }
+
+    /// `lora_B`, `[out, r]`.
+    pub fn lora_b(&self) -> &Param<Tensor<2>> {
+        &self.lora_b
+    }
+
+    /// The frozen initial factors (PiSSA), if kept.
+    pub fn initial(&self) -> Option<&InitialAdapter> {
+        self.initial.as_ref()
+    }
+
+    /// The scale `s` of `B·A`.
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
+    /// Whether `s·B·A` is folded into the base weight.
+    pub fn is_merged(&self) -> bool {
+        self.merged
+    }
+
+    /// The variant, if any.
+    pub fn variant(&self) -> Option<&Variant> {
+        self.variant.as_ref()
+    }
+
+    /// The variant, mutably (drawing its per-step inputs).
+    pub fn variant_mut(&mut self) -> Option<&mut Variant> {
+        self.variant.as_mut()
+    }
+
+    /// Replace the trainable factors (a loaded adapter, a test's stand-in for training) with
+    /// new trainable leaves of the same shapes; `layer` names the layer in the error.
+    pub fn set_factors(
+        &mut self,
+        layer: &str,
+        lora_a: Tensor<2>,
+        lora_b: Tensor<2>,
+    ) -> Result<(), AdapterError> {
+        for (what, want, got) in [
+            ("lora_A", self.lora_a.shape().dims::<2>(), lora_a.dims()),
+            ("lora_B", self.lora_b.shape().dims::<2>(), lora_b.dims()),
+        ] {
+            if want != got {
+                return Err(AdapterError::Shape {
+                    layer: layer.to_string(),
+                    what,
+                    expected: want.to_vec(),
+                    found: got.to_vec(),
+                });
+            }
+        }
+        // fresh trainable leaves (tracked where the device records gradients)
+        self.lora_a = Param::from_tensor(lora_a.detach());
+        self.lora_b = Param::from_tensor(lora_b.detach());
+        Ok(())
+    }
+
+    /// Plug a variant in (or take it out with `None`), e.g. a MonteCLoRA state built
+    /// elsewhere.
+    pub fn set_variant(&mut self, variant: Option<Variant>) {
+        self.variant = variant;
+    }
+
+    /// The same update as plain LoRA on the *pretrained* weight (docs/methods.md, "PiSSA
+    /// conversion on save"): with initial factors, `A' = [A; A₀]` (`[2r, in]`) and
+    /// `B' = [B | −B₀]` (`[out, 2r]`), so `s·B'·A' = s·(B·A − B₀·A₀)`; otherwise `(A, B)`.
+    /// Detached.
+    pub fn to_plain_lora(&self) -> (Tensor<2>, Tensor<2>) {
+        let (a, b) = (self.lora_a.val().detach(), self.lora_b.val().detach());
+        match &self.initial {
+            Some(init) => (
+                Tensor::cat(vec![a, init.lora_a.val()], 0),
+                Tensor::cat(vec![b, init.lora_b.val().neg()], 1),
+            ),
+            None => (a, b),
+        }
+    }
+
+    /// The tensors of this adapter's file entry, under peft's names relative to the layer:
+    /// `lora_A.weight`, `lora_B.weight` and the variant's. With `plain`, the factors of
+    /// [`Self::to_plain_lora`] and no variant tensors (plain LoRA has none; evaluation uses the
+    /// mean adapter). Detached.
+    pub fn saved_tensors(&self, plain: bool) -> Vec<(String, AdapterTensor)> {
+        let (a, b) = if plain {
+            self.to_plain_lora()
+        } else {
+            (self.lora_a.val().detach(), self.lora_b.val().detach())
+        };
+        let mut out = vec![
+            ("lora_A.weight".to_string(), AdapterTensor::Matrix(a)),
+            ("lora_B.weight".to_string(), AdapterTensor::Matrix(b)),
+        ];
+        if !plain && let Some(v) = &self.variant {
+            out.extend(v.saved_tensors());
+        }
+        out
+    }
+
+    /// Number of trainable parameters: `r·(in + out)` plus the variant's.
+    pub fn num_trainable(&self) -> usize {
+        self.lora_a.shape().num_elements()
+            + self.lora_b.shape().num_elements()
+            + self.variant.as_ref().map_or(0, Variant::num_trainable)
+    }
+
     /// The low-rank branch `s·(dropout(x)·Aᵀ)·Bᵀ` for a 2-D `x`, applied on the activation
     /// side, so the dense `out×in` ΔW is never formed in the training forward (it would cost a
     /// weight-sized tensor per layer, kept alive for the backward).
     ///
-    /// With MonteCLoRA and a drawn sample, training (an autodiff input) uses the perturbed
-    /// `A + ΔA`; evaluation always uses the mean `A`.
+    /// With a variant's drawn perturbation (MonteCLoRA), training (an autodiff input) uses the
+    /// perturbed `A + ΔA`; evaluation always uses the mean `A`.
     fn low_rank(&self, x: Tensor<2>) -> LowRank {
         let mut a = self.lora_a.val();
         if x.device().is_autodiff()
-            && let Some(perturbation) = self.monteclora.as_ref().and_then(MonteClora::perturbation)
+            && let Some(perturbation) = self.variant.as_ref().and_then(Variant::perturbation)
         {
             a = a + perturbation;
         }
@@ -124,7 +232,7 @@ pub struct LoraLinear {
     /// Base bias `[out]`, frozen.
     pub bias: Option<Param<Tensor<1>>>,
     /// The adapter, when this layer is targeted.
-    pub adapter: Option<LoraAdapter>,
+    adapter: Option<LoraAdapter>,
 }
 
 impl LoraLinear {
@@ -150,17 +258,18 @@ impl LoraLinear {
         self.weight.shape().dims()
     }
 
-    /// Forward in [`ForwardMode::Adapted`].
-    ///
-    /// # Shapes
-    ///
-    /// - input: `[..., in]`
-    /// - output: `[..., out]`
-    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        self.forward_mode(x, ForwardMode::Adapted)
+    /// The adapter, when this layer is targeted.
+    pub fn adapter(&self) -> Option<&LoraAdapter> {
+        self.adapter.as_ref()
     }
 
-    /// Forward as the adapted model or as the frozen teacher.
+    /// The adapter, mutably.
+    pub fn adapter_mut(&mut self) -> Option<&mut LoraAdapter> {
+        self.adapter.as_mut()
+    }
+
+    /// `x·Wᵀ + b`, plus the adapter's `s·(dropout(x)·Aᵀ)·Bᵀ` when one is attached and not
+    /// merged.
     ///
     /// # Shapes
     ///
@@ -170,49 +279,58 @@ impl LoraLinear {
     /// # Panics
     ///
     /// If the last axis of `x` is not `in`.
-    pub fn forward_mode<const D: usize>(&self, x: Tensor<D>, mode: ForwardMode) -> Tensor<D> {
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let [_, d_in] = self.dims();
         assert_shape!(x, [.., d_in]);
         let bias = self.bias.as_ref().map(|b| b.val());
         on_rows(x, |x| {
             let weight = self.weight.val();
-            let Some(adapter) = &self.adapter else {
-                return lora_linear(x, weight, bias, None);
-            };
-            match mode {
-                ForwardMode::Adapted if adapter.merged => lora_linear(x, weight, bias, None),
-                ForwardMode::Adapted => {
+            match &self.adapter {
+                Some(adapter) if !adapter.merged => {
                     let low_rank = adapter.low_rank(x.clone());
                     lora_linear(x, weight, bias, Some(low_rank))
                 }
-                ForwardMode::Teacher => {
-                    let s = adapter.scale;
-                    // base + s·B₀·A₀, all frozen: nothing here is recorded by autodiff
-                    let initial = adapter.initial.as_ref().map(|init| LowRank {
-                        input: x.clone(),
-                        a: init.lora_a.val(),
-                        b: init.lora_b.val(),
-                        scale: s,
-                    });
-                    let mut y = lora_linear(x.clone(), weight, bias, initial);
-                    if adapter.merged {
-                        // The merged weight holds s·B·A; the teacher must not see it.
-                        let a = adapter.lora_a.val().detach();
-                        let h = x.cast(a.dtype()).matmul(a.transpose());
-                        let delta = h
-                            .matmul(adapter.lora_b.val().detach().transpose())
-                            .mul_scalar(s);
-                        let dtype = y.dtype();
-                        y = y - delta.cast(dtype);
-                    }
-                    y
-                }
+                _ => lora_linear(x, weight, bias, None),
             }
         })
     }
 
+    /// This layer as BA-LoRA's teacher computes it (docs/methods.md, "The teacher"): the
+    /// frozen base plus the adapter's *initial* factors — under PiSSA `W_res + s·B₀·A₀ = W`,
+    /// the pretrained layer up to rounding; under Gaussian init (`B₀ = 0`) the base layer, so
+    /// the adapter is dropped. The base weight and bias are the same tensor handles as this
+    /// layer's (no copy), except after [`merge`](Self::merge), where the merged `s·B·A` is
+    /// subtracted into a new weight. Nothing in the result requires gradients.
+    pub fn teacher(&self) -> LoraLinear {
+        let mut weight = self.weight.clone();
+        let adapter = self.adapter.as_ref().and_then(|adapter| {
+            if adapter.merged {
+                let delta = adapter.delta_weight().detach();
+                weight = weight
+                    .clone()
+                    .map(|w| (w.clone() - delta.cast(w.dtype())).detach());
+            }
+            adapter.initial.as_ref().map(|init| LoraAdapter {
+                lora_a: init.lora_a.clone(),
+                lora_b: init.lora_b.clone(),
+                initial: None,
+                dropout: DropoutConfig::new(0.0).init(),
+                scale: adapter.scale,
+                merged: false,
+                variant: None,
+            })
+        });
+        LoraLinear {
+            weight,
+            bias: self.bias.clone(),
+            adapter,
+        }
+        .no_grad()
+    }
+
     /// Attach a freshly initialised adapter per `config` (PiSSA rewrites the base weight into
-    /// the residual). `path` names the layer in errors and seeds its random stream.
+    /// the residual), with the rank and α its patterns give `path`. `path` names the layer in
+    /// errors and seeds its random stream.
     pub fn attach(&mut self, path: &str, config: &LoraConfig) -> Result<(), AdapterError> {
         if self.adapter.is_some() {
             return Err(AdapterError::AlreadyAdapted {
@@ -220,6 +338,8 @@ impl LoraLinear {
             });
         }
         config.validate()?;
+        // the layer's own rank and α (rank_pattern / alpha_pattern)
+        let config = &config.for_layer(path);
         let weight = self.weight.val().detach();
         let init = initial_factors(&weight, config, path)?;
         if let Some(residual) = init.residual {
@@ -233,13 +353,13 @@ impl LoraLinear {
             lora_a: Param::from_tensor(init.lora_a.clone()).set_require_grad(false),
             lora_b: Param::from_tensor(init.lora_b.clone()).set_require_grad(false),
         });
-        let monteclora = config.monteclora.as_ref().map(|mc| {
-            MonteClora::init(
+        let variant = config.monteclora.as_ref().map(|mc| {
+            Variant::MonteClora(MonteClora::init(
                 mc,
                 config.r,
                 path_seed(config.seed ^ 0x4d43, path),
                 &init.lora_a,
-            )
+            ))
         });
         self.adapter = Some(LoraAdapter {
             lora_a: Param::from_tensor(init.lora_a),
@@ -248,7 +368,7 @@ impl LoraLinear {
             dropout: DropoutConfig::new(config.lora_dropout).init(),
             scale: config.scale(),
             merged: false,
-            monteclora,
+            variant,
         });
         Ok(())
     }
@@ -293,7 +413,7 @@ impl LoraLinear {
             dropout: DropoutConfig::new(0.0).init(),
             scale,
             merged: false,
-            monteclora: None,
+            variant: None,
         });
         Ok(())
     }

@@ -1,14 +1,16 @@
 //! LoRA-family adapters for Burn, defined once for every backend.
 //!
 //! * [`LoraLinear`]: frozen base weight + optional trainable low-rank update, applied on the
-//!   activation side (`x·Wᵀ + s·(dropout(x)·Aᵀ)·Bᵀ`), with merge/unmerge and a
-//!   [teacher mode](ForwardMode::Teacher) that reproduces the pretrained layer from the frozen
-//!   initial factors (BA-LoRA's reference model without a second model in memory).
+//!   activation side (`x·Wᵀ + s·(dropout(x)·Aᵀ)·Bᵀ`), with merge/unmerge.
+//! * [`teacher`]: BA-LoRA's frozen reference model as a model value — a clone sharing every
+//!   frozen tensor, with each adapter replaced by its initial factors — so no model code knows
+//!   the method and no second copy of the weights is held.
 //! * Initialisation: peft's Kaiming/zero ([`InitMode::Gaussian`]), PiSSA with a full thin SVD
 //!   ([`InitMode::Pissa`]) or a randomized one ([`InitMode::PissaFast`]); the SVD runs on the
 //!   host with faer.
 //! * [MonteCLoRA](monteclora): a Bayesian Monte-Carlo perturbation of `lora_A`, as an adapter
-//!   variant (`LoraConfig::monteclora`).
+//!   [`Variant`] (`LoraConfig::monteclora`): the layer, injection and the trainer only see the
+//!   variant interface (per-step draw, perturbation of A, loss term, extra tensors).
 //! * Targeting with peft's `target_modules` semantics and injection into any model that lists
 //!   its linear layers through [`AdapterSlots`].
 //!
@@ -28,6 +30,8 @@
 //! assert_eq!(y.dims(), [2, 16]);
 //! ```
 
+#![warn(missing_docs)]
+
 mod config;
 mod error;
 mod init;
@@ -36,14 +40,16 @@ pub mod monteclora;
 mod slots;
 mod special;
 pub mod svd;
+mod variant;
 
 pub use balora_kernels::training_dtype;
-pub use config::{InitMode, LoraConfig, TargetMatcher, TargetModules};
+pub use config::{InitMode, LoraConfig, TargetMatcher, TargetModules, pattern_value};
 pub use error::AdapterError;
 pub use init::{InitialFactors, initial_factors};
-pub use layer::{ForwardMode, InitialAdapter, LoraAdapter, LoraLinear, frozen_linear};
+pub use layer::{InitialAdapter, LoraAdapter, LoraLinear, frozen_linear};
 pub use monteclora::{MonteClora, MonteCloraConfig, MonteCloraSample, MonteCloraTerms};
 pub use slots::{
-    AdapterSlots, InjectionReport, SavedParam, SavedParamMut, clear_monteclora, draw_monteclora,
-    inject, merge_all, monteclora_loss, trainable_adapter_params, unmerge_all,
+    AdapterSlots, InjectionReport, SavedParam, SavedParamMut, clear_variants, draw_variants,
+    inject, merge_all, teacher, trainable_adapter_params, unmerge_all, variant_loss,
 };
+pub use variant::{AdapterTensor, Variant};

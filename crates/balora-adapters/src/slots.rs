@@ -4,7 +4,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::Tensor;
 
-use crate::{AdapterError, LoraConfig, LoraLinear};
+use crate::{AdapterError, LoraAdapter, LoraConfig, LoraLinear, Variant};
 
 /// A model whose linear layers are [`LoraLinear`] slots, addressed by their Hugging Face
 /// module paths (`model.layers.0.self_attn.q_proj`), which are also the paths in peft's adapter
@@ -112,18 +112,28 @@ where
     ))
 }
 
-/// Number of trainable adapter parameters (`r·(in + out)` per adapted layer, plus `r + N`
-/// with MonteCLoRA); the tensors of [`AdapterSlots::modules_to_save`] are not counted.
+/// BA-LoRA's teacher as a model value (docs/methods.md, "The teacher"): a frozen clone of
+/// `model` whose every slot is its [`LoraLinear::teacher`] — the base plus the adapter's
+/// initial factors (PiSSA), or the bare base (Gaussian init).
+///
+/// Every frozen tensor is shared with `model` (Burn tensors are reference-counted handles, and
+/// training replaces only the trained ones), so the teacher costs no weight memory and the
+/// model itself needs no teacher mode. Modules trained in full
+/// ([`AdapterSlots::modules_to_save`], a classifier head) are shared as they are at the call:
+/// take the teacher of the model as initialised, before training or restoring a checkpoint.
+pub fn teacher<M: Module + AdapterSlots>(model: &M) -> M {
+    let mut teacher = model.clone().freeze();
+    teacher.visit_slots_mut(&mut |_, slot| *slot = slot.teacher());
+    teacher
+}
+
+/// Number of trainable adapter parameters (`r·(in + out)` per adapted layer, plus the
+/// variant's, `r + N` with MonteCLoRA); the tensors of [`AdapterSlots::modules_to_save`] are
+/// not counted.
 pub fn trainable_adapter_params<M: AdapterSlots>(model: &M) -> usize {
     let mut n = 0;
     model.visit_slots(&mut |_, slot| {
-        if let Some(a) = &slot.adapter {
-            n += a.lora_a.shape().num_elements() + a.lora_b.shape().num_elements();
-            if let Some(mc) = &a.monteclora {
-                n += mc.std_prior.shape().num_elements()
-                    + mc.expert_weights_prior.shape().num_elements();
-            }
-        }
+        n += slot.adapter().map_or(0, LoraAdapter::num_trainable);
     });
     n
 }
@@ -142,39 +152,39 @@ pub fn unmerge_all<M: AdapterSlots>(model: &mut M) {
     });
 }
 
-/// Draw MonteCLoRA's random inputs for optimizer step `step` in every MonteCLoRA adapter, each
-/// from a seed derived from `(seed, step, layer path)`: reproducible and resumable.
-pub fn draw_monteclora<M: AdapterSlots>(model: &mut M, seed: u64, step: u64) {
+/// Draw every adapter variant's random inputs (MonteCLoRA's noise) for draw number `step`,
+/// each from a seed derived from `(seed, step, layer path)`: reproducible and resumable.
+pub fn draw_variants<M: AdapterSlots>(model: &mut M, seed: u64, step: u64) {
     model.visit_slots_mut(&mut |path, slot| {
         let [_, inp] = slot.dims();
-        if let Some(mc) = slot.adapter.as_mut().and_then(|a| a.monteclora.as_mut()) {
+        if let Some(variant) = slot.adapter_mut().and_then(LoraAdapter::variant_mut) {
             let step_seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(step);
-            mc.draw(inp, crate::init::path_seed(step_seed, path));
+            variant.draw(inp, crate::init::path_seed(step_seed, path));
         }
     });
 }
 
-/// Forget the drawn samples (evaluation then uses the mean adapter even on an autodiff device).
-pub fn clear_monteclora<M: AdapterSlots>(model: &mut M) {
+/// Forget the drawn inputs (evaluation then uses the mean adapter even on an autodiff device).
+pub fn clear_variants<M: AdapterSlots>(model: &mut M) {
     model.visit_slots_mut(&mut |_, slot| {
-        if let Some(mc) = slot.adapter.as_mut().and_then(|a| a.monteclora.as_mut()) {
-            mc.sample = None;
+        if let Some(variant) = slot.adapter_mut().and_then(LoraAdapter::variant_mut) {
+            variant.clear();
         }
     });
 }
 
-/// MonteCLoRA's regulariser: the mean over adapted layers of
-/// `β·(KL_Dir + KL_W + KL_N) + [Σ w²]`; `None` when no layer has a drawn sample.
-pub fn monteclora_loss<M: AdapterSlots>(model: &M) -> Option<Tensor<1>> {
+/// The variants' loss term: the mean over adapted layers of each one's
+/// [`Variant::loss`] (MonteCLoRA's `β·(KL_Dir + KL_W + KL_N) + [Σ w²]`); `None` when no
+/// layer has drawn inputs.
+pub fn variant_loss<M: AdapterSlots>(model: &M) -> Option<Tensor<1>> {
     let mut terms = Vec::new();
     model.visit_slots(&mut |_, slot| {
-        if let Some(r) = slot
-            .adapter
-            .as_ref()
-            .and_then(|a| a.monteclora.as_ref())
-            .and_then(|mc| mc.regularizer())
+        if let Some(term) = slot
+            .adapter()
+            .and_then(LoraAdapter::variant)
+            .and_then(Variant::loss)
         {
-            terms.push(r);
+            terms.push(term);
         }
     });
     let n = terms.len();

@@ -1,7 +1,7 @@
 //! MonteCLoRA: spec §3.8 worked example in f64 (given z), gradient checks through the sampled
 //! forward, and equivalence with plain LoRA at scaler 0 and in evaluation.
 
-use balora_adapters::{LoraLinear, MonteClora, MonteCloraConfig, MonteCloraSample};
+use balora_adapters::{LoraLinear, MonteClora, MonteCloraConfig, MonteCloraSample, Variant};
 use balora_testkit::{assert_grad, f64_device, max_abs_diff, tensor64, values};
 use burn::module::Param;
 use burn::tensor::{Device, Tensor};
@@ -45,7 +45,9 @@ fn layer(a: Tensor<2>, b: Tensor<2>, mc: MonteClora) -> LoraLinear {
     let d = a.device();
     let mut l = LoraLinear::new(tensor64(&[0.0; 9], [3, 3], &d), None);
     l.attach_factors("l", a, b, 2.0).unwrap();
-    l.adapter.as_mut().unwrap().monteclora = Some(mc);
+    l.adapter_mut()
+        .unwrap()
+        .set_variant(Some(Variant::MonteClora(mc)));
     l
 }
 

@@ -1,6 +1,8 @@
 //! Files at the edges of balora: Hugging Face model directories (config, sharded safetensors,
 //! tokenizer, chat template), PEFT adapter directories, safetensors I/O and atomic writes. Nothing here knows about training loops.
 
+#![warn(missing_docs)]
+
 pub mod checkpoint;
 mod error;
 pub mod fs;

@@ -17,11 +17,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use balora_adapters::{
-    AdapterSlots, InitMode, LoraConfig, SavedParam, SavedParamMut, TargetModules,
+    AdapterSlots, AdapterTensor, InitMode, LoraConfig, SavedParam, SavedParamMut, TargetModules,
+    pattern_value,
 };
 use burn::module::Param;
 use burn::tensor::{Tensor, TensorData};
-use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -140,15 +140,6 @@ fn default_init() -> InitLoraWeights {
 }
 
 /// peft's pattern rule: key `k` applies to module `name` when `(.*\.)?(k)$` matches it.
-fn pattern_value<'a, T>(patterns: &'a BTreeMap<String, T>, name: &str) -> Option<&'a T> {
-    patterns.iter().find_map(|(k, v)| {
-        Regex::new(&format!(r"^(?:.*\.)?(?:{k})$"))
-            .ok()
-            .filter(|re| re.is_match(name))
-            .map(|_| v)
-    })
-}
-
 impl PeftConfig {
     /// The scale `s` of the layer at `path` whose saved rank is `r`.
     pub fn scale_for(&self, path: &str, r: usize) -> f64 {
@@ -180,47 +171,29 @@ pub fn save_adapter<M: AdapterSlots>(
     let convert = options.convert_pissa_to_lora && config.init.is_pissa();
     let mut tensors = BTreeMap::new();
     model.visit_slots(&mut |path, slot| {
-        let Some(adapter) = &slot.adapter else { return };
-        let (a, b) = (adapter.lora_a.val(), adapter.lora_b.val());
-        let (a, b) = match (&adapter.initial, convert) {
-            (Some(init), true) => (
-                Tensor::cat(vec![a, init.lora_a.val()], 0),
-                Tensor::cat(vec![b, init.lora_b.val().neg()], 1),
-            ),
-            _ => (a, b),
-        };
-        tensors.insert(key(path, "lora_A"), to_data(a));
-        tensors.insert(key(path, "lora_B"), to_data(b));
-        // A converted adapter is plain LoRA of rank 2r (as peft's conversion writes it): the
-        // rank-r sampler has no counterpart there, and evaluation uses the mean adapter.
-        if convert {
+        let Some(adapter) = slot.adapter() else {
             return;
-        }
-        if let Some(mc) = &adapter.monteclora {
-            let sampler = |name: &str| format!("{KEY_PREFIX}{path}.lora_monteclora_sampler.{name}");
-            let vec = |t: Tensor<1>| t.detach().into_data();
-            tensors.insert(sampler("std_prior"), vec(mc.std_prior.val()));
-            tensors.insert(
-                sampler("expert_weights_prior"),
-                vec(mc.expert_weights_prior.val()),
-            );
-            tensors.insert(sampler("gaussian_var_prior"), to_data(mc.last_covariance()));
-            tensors.insert(sampler("expert_weights"), vec(mc.last_weights()));
+        };
+        // a converted adapter is plain LoRA of rank 2r (as peft's conversion writes it), with
+        // none of a variant's tensors
+        for (name, tensor) in adapter.saved_tensors(convert) {
+            let data = match tensor {
+                AdapterTensor::Matrix(t) => t.into_data(),
+                AdapterTensor::Vector(t) => t.into_data(),
+            };
+            tensors.insert(format!("{KEY_PREFIX}{path}.{name}"), data);
         }
     });
     let modules_to_save = model.modules_to_save();
     for (path, data) in saved_module_data(model) {
         tensors.insert(format!("{KEY_PREFIX}{path}"), data);
     }
-    let (r, alpha) = if convert {
-        let alpha = if config.use_rslora {
-            config.lora_alpha * std::f64::consts::SQRT_2
-        } else {
-            2.0 * config.lora_alpha
-        };
-        (2 * config.r, alpha)
-    } else {
-        (config.r, config.lora_alpha)
+    // conversion doubles every rank and scales every α so that s stays the same
+    let rank = |r: usize| if convert { 2 * r } else { r };
+    let alpha = |a: f64| match (convert, config.use_rslora) {
+        (false, _) => a,
+        (true, true) => a * std::f64::consts::SQRT_2,
+        (true, false) => 2.0 * a,
     };
     let init = if convert || !config.init.is_pissa() {
         InitLoraWeights::Bool(true)
@@ -229,8 +202,8 @@ pub fn save_adapter<M: AdapterSlots>(
     };
     let peft = PeftConfig {
         peft_type: "LORA".into(),
-        r,
-        lora_alpha: alpha,
+        r: rank(config.r),
+        lora_alpha: alpha(config.lora_alpha),
         target_modules: Some(config.target_modules.clone()),
         use_rslora: config.use_rslora,
         use_dora: false,
@@ -238,8 +211,16 @@ pub fn save_adapter<M: AdapterSlots>(
         fan_in_fan_out: model.fan_in_fan_out(),
         bias: "none".into(),
         init_lora_weights: init,
-        rank_pattern: BTreeMap::new(),
-        alpha_pattern: BTreeMap::new(),
+        rank_pattern: config
+            .rank_pattern
+            .iter()
+            .map(|(k, &r)| (k.clone(), rank(r)))
+            .collect(),
+        alpha_pattern: config
+            .alpha_pattern
+            .iter()
+            .map(|(k, &a)| (k.clone(), alpha(a)))
+            .collect(),
         modules_to_save: (!modules_to_save.is_empty()).then_some(modules_to_save),
         task_type: options.task_type,
         base_model_name_or_path: options.base_model_name_or_path.clone(),
@@ -515,9 +496,8 @@ fn attach_from_file(
         .with_lora_alpha(scale * r as f64)
         .with_init(InitMode::Pissa);
     slot.attach(path, &init).map_err(adapter_err)?;
-    if let Some(adapter) = &mut slot.adapter {
-        adapter.lora_a = Param::from_tensor(a);
-        adapter.lora_b = Param::from_tensor(b);
+    match slot.adapter_mut() {
+        Some(adapter) => adapter.set_factors(path, a, b).map_err(adapter_err),
+        None => Ok(()),
     }
-    Ok(())
 }

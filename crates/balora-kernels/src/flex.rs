@@ -17,7 +17,9 @@ pub fn on_flex<const D: usize>(t: &Tensor<D>) -> bool {
 
 /// The values of a contiguous f32 or f64 flex tensor.
 pub enum Floats<'a> {
+    /// An f32 tensor's values.
     F32(&'a [f32]),
+    /// An f64 tensor's values.
     F64(&'a [f64]),
 }
 

@@ -14,6 +14,8 @@
 //!
 //! The kernels know nothing about models, adapters or losses; they take and return tensors.
 
+#![warn(missing_docs)]
+
 pub mod activation;
 pub mod flex;
 mod gemm;

@@ -29,15 +29,21 @@ pub trait Real:
     + burn::tensor::Element
     + 'static
 {
+    /// 0.
     const ZERO: Self;
+    /// 1.
     const ONE: Self;
+    /// −∞ (the identity of a running max).
     const NEG_INFINITY: Self;
     /// `eˣ`.
     fn exp(self) -> Self;
     /// `ln x` for `x > 0`.
     fn ln(self) -> Self;
+    /// The nearest value to `v` (kernel constants are written in f64).
     fn from_f64(v: f64) -> Self;
+    /// The value as f64 (reductions are accumulated in f64).
     fn to_f64(self) -> f64;
+    /// The larger of the two.
     fn max(self, other: Self) -> Self;
 }
 

@@ -29,6 +29,8 @@
 //! assert!(out.terms.consistency.is_some() && out.terms.svd.is_some());
 //! ```
 
+#![warn(missing_docs)]
+
 mod balora;
 mod config;
 mod error;

@@ -1,6 +1,9 @@
-//! Token selection for generation: greedy, temperature and nucleus (top-p) sampling.
+//! Generation: the decoding loop ([`generate`]) and token selection (greedy, temperature and
+//! nucleus top-p sampling).
 
 use rand::SeedableRng;
+
+use crate::{CausalLm, ModelError, TokenBatch};
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardUniform};
 
@@ -138,4 +141,54 @@ mod tests {
         };
         assert_eq!(draw(), draw());
     }
+}
+
+/// Generate after `prompt` until a stop token or `config.max_new_tokens`; returns only the new
+/// tokens (the stop token included). `last_logits(sequence, new)` runs the model and returns
+/// the logits row of the sequence's last position: `sequence` is everything so far, `new` the
+/// tokens since the previous call (the whole prompt at first) — a model with a KV cache feeds
+/// `new`, one without feeds `sequence`.
+pub fn generate(
+    prompt: &[u32],
+    config: &GenerationConfig,
+    mut last_logits: impl FnMut(&[u32], &[u32]) -> Result<Vec<f32>, ModelError>,
+) -> Result<Vec<u32>, ModelError> {
+    let mut sampler = Sampler::new(config);
+    let mut sequence = prompt.to_vec();
+    let mut new = Vec::new();
+    let mut feed = prompt.to_vec();
+    while new.len() < config.max_new_tokens && !feed.is_empty() {
+        let row = last_logits(&sequence, &feed)?;
+        let token = sampler.next(&row);
+        new.push(token);
+        sequence.push(token);
+        feed = if sampler.is_stop(token) {
+            Vec::new()
+        } else {
+            vec![token]
+        };
+    }
+    Ok(new)
+}
+
+/// [`generate`] with any [`CausalLm`], re-running the whole sequence at every step (no KV
+/// cache: for models without one, and as the cache's reference).
+pub fn generate_uncached<M: CausalLm>(
+    model: &M,
+    prompt: &[u32],
+    config: &GenerationConfig,
+) -> Result<Vec<u32>, ModelError> {
+    generate(prompt, config, |sequence, _| {
+        last_row(model.logits(&TokenBatch::right_padded(&[sequence.to_vec()], 0)))
+    })
+}
+
+/// The logits of the last position of a one-sequence batch `[1, T, V]`, on the host.
+pub fn last_row(logits: burn::tensor::Tensor<3>) -> Result<Vec<f32>, ModelError> {
+    let [_, t, v] = logits.dims();
+    logits
+        .narrow(1, t - 1, 1)
+        .reshape([v])
+        .try_into_vec_as::<f32>()
+        .map_err(|e| ModelError::Readback(e.to_string()))
 }

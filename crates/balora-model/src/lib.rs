@@ -1,8 +1,11 @@
 //! The seam between models and the trainer.
 //!
-//! The trainer asks a model for logits of a [`TokenBatch`], in the adapted or the
-//! [teacher](ForwardMode::Teacher) mode, and walks its adapter slots; it never names an
-//! architecture. Models implement [`CausalLm`] or [`SequenceClassifier`].
+//! The trainer asks a model for logits of a [`TokenBatch`] and walks its adapter slots; it never
+//! names an architecture, and models never name a method: BA-LoRA's teacher is another model
+//! value ([`balora_adapters::teacher`]), not a mode of the forward. Models implement
+//! [`CausalLm`] or [`SequenceClassifier`].
+
+#![warn(missing_docs)]
 
 pub mod attention;
 pub mod generation;
@@ -11,7 +14,7 @@ mod size;
 pub use generation::{GenerationConfig, Sampler};
 pub use size::check_config_size;
 
-use balora_adapters::{AdapterSlots, ForwardMode};
+use balora_adapters::AdapterSlots;
 use balora_io::IoError;
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -138,7 +141,7 @@ impl TokenBatch {
 /// A decoder language model with adapter slots.
 pub trait CausalLm: Module + AdapterSlots {
     /// Next-token logits `[B, T, V]` for every position.
-    fn logits(&self, batch: &TokenBatch, mode: ForwardMode) -> Tensor<3>;
+    fn logits(&self, batch: &TokenBatch) -> Tensor<3>;
     /// Vocabulary size V.
     fn vocab_size(&self) -> usize;
 }
@@ -146,7 +149,7 @@ pub trait CausalLm: Module + AdapterSlots {
 /// A sequence classifier (or regressor, with one output) with adapter slots.
 pub trait SequenceClassifier: Module + AdapterSlots {
     /// Class logits `[B, C]`.
-    fn logits(&self, batch: &TokenBatch, mode: ForwardMode) -> Tensor<2>;
+    fn logits(&self, batch: &TokenBatch) -> Tensor<2>;
     /// Number of outputs C.
     fn num_labels(&self) -> usize;
 }

@@ -5,6 +5,8 @@
 //! * [`grad_check`]: compares autodiff's gradient of a scalar function with central finite
 //!   differences and returns the relative error.
 
+#![warn(missing_docs)]
+
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
 /// flex with autodiff: the device for gradient checks.

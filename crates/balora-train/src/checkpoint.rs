@@ -8,12 +8,13 @@ use std::path::Path;
 
 use balora_io::tensors::{SafetensorsFile, write_safetensors};
 use balora_io::{IoError, fs::atomic_write, fs::read};
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, Param};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
-use crate::optim::{AdamW, Moments};
+use crate::optim::{Moments, TorchAdamW};
+use crate::paths::{PathMapper, PathVisitor, map_paths, visit_paths};
 
 const TENSORS: &str = "trainer_state.safetensors";
 const STATE: &str = "trainer_state.json";
@@ -32,45 +33,29 @@ pub struct LoopState {
 }
 
 struct Collect {
-    stack: Vec<String>,
     out: BTreeMap<String, TensorData>,
 }
 
-impl ModuleVisitor for Collect {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.stack.push(name.to_string());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.stack.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+impl PathVisitor for Collect {
+    fn visit<const D: usize>(&mut self, path: &str, param: &Param<Tensor<D>>) {
         if param.is_require_grad() {
-            self.out.insert(
-                format!("param.{}", self.stack.join(".")),
-                param.val().to_data(),
-            );
+            self.out
+                .insert(format!("param.{path}"), param.val().to_data());
         }
     }
 }
 
 struct Restore<'a> {
-    stack: Vec<String>,
     file: &'a SafetensorsFile,
     error: Option<IoError>,
 }
 
-impl ModuleMapper for Restore<'_> {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.stack.push(name.to_string());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.stack.pop();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+impl PathMapper for Restore<'_> {
+    fn map<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         if !param.is_require_grad() || self.error.is_some() {
             return param;
         }
-        let key = format!("param.{}", self.stack.join("."));
+        let key = format!("param.{path}");
         let shape = param.shape().dims::<D>();
         let (device, dtype) = (param.val().device(), param.val().dtype());
         match self.file.tensor::<D>(&key, shape, &device, dtype) {
@@ -87,14 +72,13 @@ impl ModuleMapper for Restore<'_> {
 pub fn save_checkpoint<M: Module>(
     dir: &Path,
     model: &M,
-    optim: &AdamW,
+    optim: &TorchAdamW,
     state: &LoopState,
 ) -> Result<(), TrainError> {
     let mut c = Collect {
-        stack: Vec::new(),
         out: BTreeMap::new(),
     };
-    model.visit(&mut c);
+    visit_paths(model, &mut c);
     let mut tensors = c.out;
     for (k, v) in optim.state_data() {
         tensors.insert(format!("adam.{k}"), v);
@@ -118,7 +102,7 @@ pub fn has_checkpoint(dir: &Path) -> bool {
 pub fn load_checkpoint<M: Module>(
     dir: &Path,
     model: M,
-    optim: &mut AdamW,
+    optim: &mut TorchAdamW,
     device: &Device,
 ) -> Result<(M, LoopState), TrainError> {
     let state_path = dir.join(STATE);
@@ -129,11 +113,10 @@ pub fn load_checkpoint<M: Module>(
         })?;
     let file = SafetensorsFile::open(&dir.join(TENSORS))?;
     let mut restore = Restore {
-        stack: Vec::new(),
         file: &file,
         error: None,
     };
-    let model = model.map(&mut restore);
+    let model = map_paths(model, &mut restore);
     if let Some(e) = restore.error {
         return Err(e.into());
     }

@@ -33,16 +33,6 @@ pub enum TrainError {
         /// The value.
         value: f64,
     },
-    /// An invalid option value.
-    #[error("invalid option {option} = {value:?}: {reason}")]
-    Option {
-        /// The option.
-        option: &'static str,
-        /// Its value.
-        value: String,
-        /// Why.
-        reason: String,
-    },
     /// Files (checkpoints, adapters, metrics).
     #[error(transparent)]
     Io(#[from] balora_io::IoError),

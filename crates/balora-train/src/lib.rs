@@ -5,14 +5,25 @@
 //! It knows no model internals: models are [`balora_model::CausalLm`] or
 //! [`balora_model::SequenceClassifier`] with [`balora_adapters::AdapterSlots`].
 
-pub mod checkpoint;
+#![warn(missing_docs)]
+
+mod checkpoint;
 pub mod data;
 mod error;
 pub mod eval;
+mod method;
 pub mod metrics;
+mod objective;
+pub mod observer;
 pub mod optim;
+mod paths;
 pub mod schedule;
-pub mod trainer;
+mod trainer;
 
+pub use checkpoint::LoopState;
 pub use error::TrainError;
-pub use trainer::{LoopConfig, NlgObjective, NluObjective, Objective, RunSummary, Teacher, train};
+pub use method::{METHOD_NAMES, Method};
+pub use objective::{NlgObjective, NluObjective, Objective};
+pub use observer::Observer;
+pub use optim::{TorchAdamW, TorchAdamWConfig};
+pub use trainer::{LoopConfig, RunSummary, Trainer};

@@ -9,7 +9,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
-use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
@@ -140,7 +139,9 @@ pub fn read_metrics<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T
 }
 
 /// Draw the task loss and each weighted regulariser against the step into a PNG.
+#[cfg(feature = "plot")]
 pub fn plot_losses(metrics: &[StepMetrics], path: &Path) -> Result<(), TrainError> {
+    use plotters::prelude::*;
     let err = |e: &dyn std::fmt::Display| TrainError::Plot {
         path: path.to_path_buf(),
         reason: e.to_string(),

@@ -1,25 +1,25 @@
-//! The step loop: micro-batches with gradient accumulation, BA-LoRA / MonteCLoRA terms,
-//! global-norm clipping, AdamW, LR schedule, JSONL metrics, progress bar, atomic checkpoints
-//! and exact resume.
+//! The [`Trainer`]: micro-batches with gradient accumulation, the objective's terms and
+//! MonteCLoRA's, global-norm clipping, AdamW, the LR schedule, observers (JSONL metrics,
+//! progress, plots) and atomic checkpoints with exact resume (docs/methods.md,
+//! "Reproducibility").
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use balora_adapters::{AdapterSlots, ForwardMode, draw_monteclora, monteclora_loss};
-use balora_losses::task::{causal_lm_loss, classification_loss};
-use balora_losses::{BaLoraLoss, LossOutput};
-use balora_model::{CausalLm, SequenceClassifier, TokenBatch};
+use balora_adapters::{AdapterSlots, draw_variants, variant_loss};
+use balora_losses::LossOutput;
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::{Device, Tensor};
-use indicatif::{ProgressBar, ProgressStyle};
+use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 use crate::checkpoint::{LoopState, has_checkpoint, load_checkpoint, save_checkpoint};
 use crate::data::{Example, collate, epoch_batches};
-use crate::metrics::{MetricsLog, StepMetrics, StepTiming, plot_losses, read_metrics};
-use crate::optim::{AdamW, AdamWConfig, global_grad_norm};
+use crate::metrics::{StepMetrics, StepTiming};
+use crate::objective::Objective;
+use crate::observer::{JsonlLog, Observer};
+use crate::optim::{TorchAdamW, TorchAdamWConfig, clip_coefficient, global_grad_norm};
 use crate::schedule::LrSchedule;
 
 /// Loop settings.
@@ -32,7 +32,7 @@ pub struct LoopConfig {
     /// Fraction of the steps spent warming up.
     pub warmup_ratio: f64,
     /// AdamW hyper-parameters.
-    pub adamw: AdamWConfig,
+    pub adamw: TorchAdamWConfig,
     /// Examples per micro-batch.
     pub batch_size: usize,
     /// Micro-batches per optimizer step.
@@ -50,125 +50,32 @@ pub struct LoopConfig {
     pub stop_at_step: Option<usize>,
 }
 
-/// How a model's loss is computed on a batch: the task loss plus, for BA-LoRA, the
-/// regularisers against the teacher (the same model in teacher mode).
-pub trait Objective<M> {
-    /// The loss of `batch` at optimizer step `step`.
-    fn loss(
-        &self,
-        model: &M,
-        batch: &TokenBatch,
-        labels: &[i64],
-        step: usize,
-    ) -> Result<LossOutput, TrainError>;
-    /// Whether labels are per token (NLG) or per example (NLU).
-    fn token_labels(&self) -> bool;
-}
-
-fn plain(task: Tensor<1>) -> LossOutput {
-    LossOutput {
-        loss: task.clone(),
-        task,
-        terms: balora_losses::Terms {
-            consistency: None,
-            diversity: None,
-            svd: None,
-            lambdas: [0.0; 3],
-            skipped: Vec::new(),
-        },
-    }
-}
-
-/// Causal-LM objective (response-only cross-entropy), optionally with BA-LoRA's terms.
-pub struct NlgObjective {
-    /// BA-LoRA's regularisers, if the method uses them.
-    pub balora: Option<BaLoraLoss>,
-    /// Where the regularisers' teacher logits come from.
-    pub teacher: Teacher,
-}
-
-impl NlgObjective {
-    /// The objective with the default teacher (the model's frozen initial adapter).
-    pub fn new(balora: Option<BaLoraLoss>) -> Self {
+/// The Hugging Face Trainer's defaults where it has one (cosine schedule, AdamW with its
+/// defaults, clipping at 1.0), 3 % warmup, batches of 4, a 20-step demonstration run.
+impl Default for LoopConfig {
+    fn default() -> Self {
         Self {
-            balora,
-            teacher: Teacher::InitialAdapter,
+            lr: 2e-4,
+            schedule: LrSchedule::Cosine,
+            warmup_ratio: 0.03,
+            adamw: TorchAdamWConfig::default(),
+            batch_size: 4,
+            grad_accum: 1,
+            max_grad_norm: Some(1.0),
+            max_steps: 20,
+            save_every: 0,
+            seed: 42,
+            stop_at_step: None,
         }
     }
 }
 
-/// The teacher of BA-LoRA's consistency term (spec Decision 4).
-#[derive(Default)]
-pub enum Teacher {
-    /// The trained model itself in [`ForwardMode::Teacher`]: the frozen base plus each
-    /// adapter's frozen initial factors — under PiSSA the pretrained weights up to rounding,
-    /// under LoRA the base — without a second model in memory. The default.
-    #[default]
-    InitialAdapter,
-    /// `teacher = checkpoint`: logits from a separately loaded pretrained model (given as the
-    /// function that runs it, so the trainer needs no model type), for exact equivalence with
-    /// the ICLR 2026 code, which keeps a second base model. Costs that model's memory and a
-    /// forward through it. Freeze the model (`Module::no_grad`) so its forward records no graph.
-    Checkpoint(Box<dyn Fn(&TokenBatch) -> Tensor<3>>),
-}
-
-impl Teacher {
-    fn logits<M: CausalLm>(&self, model: &M, batch: &TokenBatch) -> Tensor<3> {
-        match self {
-            Self::InitialAdapter => model.logits(batch, ForwardMode::Teacher),
-            Self::Checkpoint(forward) => forward(batch),
-        }
-        .detach()
-    }
-}
-
-impl<M: CausalLm> Objective<M> for NlgObjective {
-    fn loss(
-        &self,
-        model: &M,
-        batch: &TokenBatch,
-        labels: &[i64],
-        step: usize,
-    ) -> Result<LossOutput, TrainError> {
-        let logits = model.logits(batch, ForwardMode::Adapted);
-        match &self.balora {
-            None => Ok(plain(causal_lm_loss(logits, labels)?)),
-            // the task cross-entropy shares the regularisers' fused pass over the vocabulary
-            Some(b) => {
-                Ok(b.nlg_causal_lm(step, logits, labels, || self.teacher.logits(model, batch))?)
-            }
-        }
-    }
-    fn token_labels(&self) -> bool {
-        true
-    }
-}
-
-/// Classification objective (cross-entropy), optionally with BA-LoRA's terms.
-pub struct NluObjective {
-    /// BA-LoRA's regularisers, if the method uses them.
-    pub balora: Option<BaLoraLoss>,
-}
-
-impl<M: SequenceClassifier> Objective<M> for NluObjective {
-    fn loss(
-        &self,
-        model: &M,
-        batch: &TokenBatch,
-        labels: &[i64],
-        step: usize,
-    ) -> Result<LossOutput, TrainError> {
-        let logits = model.logits(batch, ForwardMode::Adapted);
-        let task = classification_loss(logits.clone(), labels)?;
-        match &self.balora {
-            None => Ok(plain(task)),
-            Some(b) => Ok(b.nlu(step, task, logits, || {
-                model.logits(batch, ForwardMode::Teacher).detach()
-            })?),
-        }
-    }
-    fn token_labels(&self) -> bool {
-        false
+impl LoopConfig {
+    /// The step this process stops after.
+    fn stop(&self) -> usize {
+        self.stop_at_step
+            .unwrap_or(self.max_steps)
+            .min(self.max_steps)
     }
 }
 
@@ -201,189 +108,344 @@ pub struct RunSummary {
     pub last: Option<StepMetrics>,
 }
 
-/// Train `model` on `examples` for `config.max_steps` optimizer steps, writing
-/// `metrics.jsonl`, `loss.png` and checkpoints (`checkpoint-<step>/` + a `latest` pointer)
-/// under `output`. With `resume`, continue from the latest checkpoint: the data order, dropout
-/// and MonteCLoRA noise are functions of `(seed, step)` and AdamW's state is restored, so the
-/// loss curve continues exactly as an uninterrupted run's.
-#[allow(clippy::too_many_arguments)]
-pub fn train<M, O>(
-    mut model: M,
-    objective: &O,
-    examples: &[Example],
+/// The per-step sums of every logged term over the micro-batches, averaged into
+/// [`StepMetrics`] at the end of the step.
+#[derive(Debug, Default)]
+struct TermSums {
+    loss: f64,
+    task: f64,
+    consistency: Option<f64>,
+    diversity: Option<f64>,
+    svd: Option<f64>,
+    monteclora: Option<f64>,
+    lambdas: [f64; 3],
+}
+
+fn add(sum: &mut Option<f64>, value: Option<f64>) {
+    if let Some(v) = value {
+        *sum = Some(sum.unwrap_or(0.0) + v);
+    }
+}
+
+impl TermSums {
+    /// Add one micro-batch: its total loss, the objective's output and MonteCLoRA's term.
+    fn add(&mut self, total: f64, out: LossOutput, monteclora: Option<f64>) {
+        self.loss += total;
+        self.task += out.task.into_scalar::<f64>();
+        let value = |t: Option<burn::tensor::Tensor<1>>| t.map(|t| t.into_scalar::<f64>());
+        add(&mut self.consistency, value(out.terms.consistency));
+        add(&mut self.diversity, value(out.terms.diversity));
+        add(&mut self.svd, value(out.terms.svd));
+        add(&mut self.monteclora, monteclora);
+        self.lambdas = out.terms.lambdas;
+    }
+
+    /// The means over `n` micro-batches.
+    fn mean(self, n: usize, step: usize, lr: f64, grad_norm: f64) -> StepMetrics {
+        let n = n as f64;
+        let mean = |v: Option<f64>| v.map(|v| v / n);
+        StepMetrics {
+            step,
+            loss: self.loss / n,
+            task: self.task / n,
+            consistency: mean(self.consistency),
+            diversity: mean(self.diversity),
+            svd: mean(self.svd),
+            monteclora: mean(self.monteclora),
+            lambdas: self.lambdas,
+            lr,
+            grad_norm,
+        }
+    }
+}
+
+/// Trains a model's adapters (and modules trained in full) on tokenised examples: owns the
+/// model, the objective, AdamW, the loop state and the output directory, in the shape of
+/// burn-train's learner — [`step`](Self::step) runs one optimizer step, [`fit`](Self::fit)
+/// runs to the end.
+///
+/// Under `output` it writes `metrics.jsonl`, `timing.jsonl`, checkpoints
+/// (`checkpoint-<step>/` + a `latest` pointer) and whatever the observers write. The data
+/// order, dropout and MonteCLoRA noise are functions of `(seed, step)` and checkpoints hold
+/// AdamW's state, so [`resume`](Self::resume) continues exactly as an uninterrupted run.
+pub struct Trainer<M, O> {
+    /// Always present between steps; taken while AdamW maps it into the updated model.
+    model: Option<M>,
+    objective: O,
+    optim: TorchAdamW,
+    state: LoopState,
+    config: LoopConfig,
+    examples: Vec<Example>,
+    lengths: Vec<usize>,
+    batches: Vec<Vec<usize>>,
     pad_id: u32,
-    config: &LoopConfig,
-    output: &Path,
-    resume: bool,
-    device: &Device,
-) -> Result<(M, RunSummary), TrainError>
+    output: PathBuf,
+    device: Device,
+    observers: Vec<Box<dyn Observer>>,
+    started: bool,
+    tokens: usize,
+    clock: Option<Instant>,
+    last: Option<StepMetrics>,
+}
+
+impl<M, O> Trainer<M, O>
 where
     M: Module + AdapterSlots,
     O: Objective<M>,
 {
-    if examples.is_empty() {
-        return Err(TrainError::EmptyDataset {
+    /// A trainer of `model` on `examples` (padded with `pad_id`) writing into `output`
+    /// (created if missing), at step 0.
+    pub fn new(
+        model: M,
+        objective: O,
+        examples: Vec<Example>,
+        pad_id: u32,
+        config: LoopConfig,
+        output: &Path,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        if examples.is_empty() {
+            return Err(TrainError::EmptyDataset {
+                path: output.to_path_buf(),
+                reason: "no training example".into(),
+            });
+        }
+        std::fs::create_dir_all(output).map_err(|source| balora_io::IoError::Fs {
             path: output.to_path_buf(),
-            reason: "no training example".into(),
-        });
+            source,
+        })?;
+        let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
+        let batches = epoch_batches(&lengths, config.batch_size, config.seed, 0);
+        Ok(Self {
+            model: Some(model),
+            objective,
+            optim: TorchAdamW::new(config.adamw),
+            state: LoopState {
+                step: 0,
+                epoch: 0,
+                batch_in_epoch: 0,
+                adam_steps: 0,
+            },
+            config,
+            examples,
+            lengths,
+            batches,
+            pad_id,
+            output: output.to_path_buf(),
+            device: device.clone(),
+            observers: vec![Box::new(JsonlLog::new(output))],
+            started: false,
+            tokens: 0,
+            clock: None,
+            last: None,
+        })
     }
-    let mut optim = AdamW::new(config.adamw);
-    let mut state = LoopState {
-        step: 0,
-        epoch: 0,
-        batch_in_epoch: 0,
-        adam_steps: 0,
-    };
-    if resume && let Some(dir) = latest_checkpoint(output) {
-        let (m, s) = load_checkpoint(&dir, model, &mut optim, device)?;
-        model = m;
-        state = s;
+
+    /// Add an observer (progress bar, plot, a caller's own).
+    pub fn with_observer(mut self, observer: impl Observer + 'static) -> Self {
+        self.observers.push(Box::new(observer));
+        self
     }
-    let metrics_path = output.join("metrics.jsonl");
-    let mut log = MetricsLog::open(&metrics_path, state.step)?;
-    let mut timing = MetricsLog::open(&output.join("timing.jsonl"), state.step)?;
-    let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
-    let mut batches = epoch_batches(&lengths, config.batch_size, config.seed, state.epoch);
-    let warmup = (config.warmup_ratio * config.max_steps as f64).ceil() as usize;
-    let bar = ProgressBar::new(config.max_steps as u64).with_position(state.step as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed}<{eta}] {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let (mut tokens_total, started) = (0usize, Instant::now());
-    let mut last = None;
-    let stop = config
-        .stop_at_step
-        .unwrap_or(config.max_steps)
-        .min(config.max_steps);
-    while state.step < stop {
-        let step_start = Instant::now();
-        let lr = config
-            .schedule
-            .lr(config.lr, state.step, config.max_steps, warmup);
-        let mut accumulator = GradientsAccumulator::new();
-        let (mut sums, mut tokens) = ([0.0f64; 6], 0usize);
-        let mut seen = [false; 4];
-        let mut lambdas = [0.0; 3];
-        for micro in 0..config.grad_accum {
-            if state.batch_in_epoch >= batches.len() {
-                state.epoch += 1;
-                state.batch_in_epoch = 0;
-                batches = epoch_batches(&lengths, config.batch_size, config.seed, state.epoch);
+
+    /// The standard interactive set: a progress bar and `loss.png` (as features allow).
+    pub fn with_default_observers(self) -> Self {
+        #[cfg(feature = "progress")]
+        let this = self.with_observer(crate::observer::Progress::default());
+        #[cfg(not(feature = "progress"))]
+        let this = self;
+        #[cfg(feature = "plot")]
+        let this = {
+            let plot = crate::observer::LossPlot::new(&this.output);
+            this.with_observer(plot)
+        };
+        this
+    }
+
+    /// Continue from the output directory's latest checkpoint, if it has one; returns whether
+    /// it did. The model must be built as for the first run (same checkpoint, same seed).
+    pub fn resume(&mut self) -> Result<bool, TrainError> {
+        let Some(dir) = latest_checkpoint(&self.output) else {
+            return Ok(false);
+        };
+        let model = self.take_model();
+        let (model, state) = load_checkpoint(&dir, model, &mut self.optim, &self.device)?;
+        self.model = Some(model);
+        self.batches = epoch_batches(
+            &self.lengths,
+            self.config.batch_size,
+            self.config.seed,
+            state.epoch,
+        );
+        self.state = state;
+        Ok(true)
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &M {
+        self.model
+            .as_ref()
+            .expect("the model is present between steps")
+    }
+
+    /// Where the loop stands.
+    pub fn state(&self) -> &LoopState {
+        &self.state
+    }
+
+    /// Whether this process has steps left (before `max_steps` or `stop_at_step`).
+    pub fn is_done(&self) -> bool {
+        self.state.step >= self.config.stop()
+    }
+
+    fn take_model(&mut self) -> M {
+        self.model
+            .take()
+            .expect("the model is present between steps")
+    }
+
+    fn start(&mut self) -> Result<(), TrainError> {
+        if !self.started {
+            for o in &mut self.observers {
+                o.on_start(self.state.step, self.config.max_steps)?;
             }
-            let chosen: Vec<&Example> = batches[state.batch_in_epoch]
+            self.started = true;
+            self.clock = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// One optimizer step over `grad_accum` micro-batches; logs it, and checkpoints when due
+    /// (every `save_every` steps and at the process's last step).
+    pub fn step(&mut self) -> Result<StepMetrics, TrainError> {
+        self.start()?;
+        let started = Instant::now();
+        let c = &self.config;
+        let warmup = (c.warmup_ratio * c.max_steps as f64).ceil() as usize;
+        let lr = c.schedule.lr(c.lr, self.state.step, c.max_steps, warmup);
+        let mut model = self.take_model();
+        let mut accumulator = GradientsAccumulator::new();
+        let (mut sums, mut tokens) = (TermSums::default(), 0usize);
+        for micro in 0..self.config.grad_accum {
+            if self.state.batch_in_epoch >= self.batches.len() {
+                self.state.epoch += 1;
+                self.state.batch_in_epoch = 0;
+                self.batches = epoch_batches(
+                    &self.lengths,
+                    self.config.batch_size,
+                    self.config.seed,
+                    self.state.epoch,
+                );
+            }
+            let chosen: Vec<&Example> = self.batches[self.state.batch_in_epoch]
                 .iter()
-                .map(|&i| &examples[i])
+                .map(|&i| &self.examples[i])
                 .collect();
-            state.batch_in_epoch += 1;
-            let (batch, labels) = collate(&chosen, pad_id, objective.token_labels());
+            self.state.batch_in_epoch += 1;
+            let (batch, labels) = collate(&chosen, self.pad_id, self.objective.token_labels());
             tokens += batch.num_tokens();
             // dropout masks and MonteCLoRA noise are functions of (seed, step, micro-batch)
-            device.seed(mix(config.seed, state.step as u64, micro as u64));
-            draw_monteclora(
+            let (seed, step) = (self.config.seed, self.state.step);
+            self.device.seed(mix(seed, step as u64, micro as u64));
+            draw_variants(
                 &mut model,
-                config.seed,
-                (state.step * config.grad_accum + micro) as u64,
+                seed,
+                (step * self.config.grad_accum + micro) as u64,
             );
-            let out = objective.loss(&model, &batch, &labels, state.step)?;
+            let out = match self.objective.loss(&model, &batch, &labels, step) {
+                Ok(out) => out,
+                Err(e) => {
+                    self.model = Some(model);
+                    return Err(e);
+                }
+            };
             let mut loss = out.loss.clone();
-            if let Some(mc) = monteclora_loss(&model) {
-                sums[5] += mc.clone().into_scalar::<f64>();
-                seen[3] = true;
+            let mc = variant_loss(&model);
+            let mc_value = mc.as_ref().map(|t| t.clone().into_scalar::<f64>());
+            if let Some(mc) = mc {
                 loss = loss + mc;
             }
             let value = loss.clone().into_scalar::<f64>();
             if !value.is_finite() {
-                bar.abandon();
+                self.model = Some(model);
                 return Err(TrainError::NonFinite {
-                    step: state.step + 1,
+                    step: step + 1,
                     value,
                 });
             }
-            sums[0] += value;
-            sums[1] += out.task.into_scalar::<f64>();
-            for (i, term) in [out.terms.consistency, out.terms.diversity, out.terms.svd]
-                .into_iter()
-                .enumerate()
-            {
-                if let Some(t) = term {
-                    sums[2 + i] += t.into_scalar::<f64>();
-                    seen[i] = true;
+            for reason in &out.terms.skipped {
+                for o in &mut self.observers {
+                    o.on_note(step + 1, &format!("skipped {reason}"));
                 }
             }
-            lambdas = out.terms.lambdas;
-            for reason in out.terms.skipped {
-                bar.println(format!("step {}: skipped {reason}", state.step + 1));
-            }
+            sums.add(value, out, mc_value);
             // the accumulated gradient is the mean over micro-batches
-            let grads = loss.div_scalar(config.grad_accum as f64).backward();
+            let grads = loss.div_scalar(self.config.grad_accum as f64).backward();
             accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
         }
         let grads = accumulator.grads();
         let grad_norm = global_grad_norm(&model, &grads);
-        let scale = config
-            .max_grad_norm
-            .map_or(1.0, |max| (max / (grad_norm + 1e-6)).min(1.0));
-        model = optim.step(model, &grads, lr, scale);
-        state.step += 1;
-        state.adam_steps = optim.steps;
-        let n = config.grad_accum as f64;
-        let avg = |i: usize, on: bool| on.then_some(sums[i] / n);
-        let elapsed = step_start.elapsed().as_secs_f64();
-        tokens_total += tokens;
-        let m = StepMetrics {
-            step: state.step,
-            loss: sums[0] / n,
-            task: sums[1] / n,
-            consistency: avg(2, seen[0]),
-            diversity: avg(3, seen[1]),
-            svd: avg(4, seen[2]),
-            monteclora: avg(5, seen[3]),
-            lambdas,
-            lr,
-            grad_norm,
-        };
-        log.write(&m)?;
-        let t = StepTiming {
-            step: state.step,
+        let scale = clip_coefficient(grad_norm, self.config.max_grad_norm);
+        self.model = Some(self.optim.step(model, &grads, lr, scale));
+        self.state.step += 1;
+        self.state.adam_steps = self.optim.steps();
+        let metrics = sums.mean(self.config.grad_accum, self.state.step, lr, grad_norm);
+        let elapsed = started.elapsed().as_secs_f64();
+        self.tokens += tokens;
+        let timing = StepTiming {
+            step: self.state.step,
             tokens,
             tokens_per_s: tokens as f64 / elapsed.max(1e-9),
             step_s: elapsed,
         };
-        timing.write(&t)?;
-        bar.set_message(format!(
-            "loss {:.4} task {:.4}{}{}{} {:.0} tok/s",
-            m.loss,
-            m.task,
-            m.consistency
-                .map_or(String::new(), |v| format!(" C {v:.3}")),
-            m.diversity.map_or(String::new(), |v| format!(" D {v:.3}")),
-            m.svd.map_or(String::new(), |v| format!(" S {v:.3}")),
-            t.tokens_per_s
-        ));
-        bar.inc(1);
-        last = Some(m);
-        let due = config.save_every > 0 && state.step.is_multiple_of(config.save_every);
-        if due || state.step == stop {
-            let name = format!("checkpoint-{}", state.step);
-            save_checkpoint(&output.join(&name), &model, &optim, &state)?;
-            balora_io::fs::atomic_write(&output.join(LATEST), name.as_bytes())?;
-            remove_stale_checkpoints(output, &name);
+        for o in &mut self.observers {
+            o.on_step(&metrics, &timing)?;
         }
+        let due =
+            self.config.save_every > 0 && self.state.step.is_multiple_of(self.config.save_every);
+        if due || self.state.step == self.config.stop() {
+            self.save_checkpoint()?;
+        }
+        self.last = Some(metrics.clone());
+        Ok(metrics)
     }
-    bar.finish();
-    plot_losses(
-        &read_metrics::<StepMetrics>(&metrics_path)?,
-        &output.join("loss.png"),
-    )?;
-    Ok((
-        model,
-        RunSummary {
-            steps: state.step,
-            tokens_per_s: tokens_total as f64 / started.elapsed().as_secs_f64().max(1e-9),
-            last,
-        },
-    ))
+
+    /// Write `checkpoint-<step>/`, point `latest` at it and drop the superseded ones.
+    pub fn save_checkpoint(&self) -> Result<(), TrainError> {
+        let name = format!("checkpoint-{}", self.state.step);
+        save_checkpoint(
+            &self.output.join(&name),
+            self.model(),
+            &self.optim,
+            &self.state,
+        )?;
+        balora_io::fs::atomic_write(&self.output.join(LATEST), name.as_bytes())?;
+        remove_stale_checkpoints(&self.output, &name);
+        Ok(())
+    }
+
+    /// Step until `max_steps` (or `stop_at_step`), then let the observers finish (the plot);
+    /// returns the trained model and a summary.
+    pub fn fit(mut self) -> Result<(M, RunSummary), TrainError> {
+        self.start()?;
+        while !self.is_done() {
+            self.step()?;
+        }
+        for o in &mut self.observers {
+            o.on_end()?;
+        }
+        let seconds = self.clock.map_or(0.0, |c| c.elapsed().as_secs_f64());
+        let summary = RunSummary {
+            steps: self.state.step,
+            tokens_per_s: self.tokens as f64 / seconds.max(1e-9),
+            last: self.last.take(),
+        };
+        Ok((self.take_model(), summary))
+    }
+
+    /// The model, ending the run here.
+    pub fn into_model(mut self) -> M {
+        self.take_model()
+    }
 }
 
 /// Keep only the checkpoint `keep` (the others are superseded once `latest` points at it).

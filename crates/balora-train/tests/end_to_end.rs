@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use balora_adapters::{
-    ForwardMode, InitMode, LoraConfig, MonteCloraConfig, TargetModules, clear_monteclora, inject,
+    InitMode, LoraConfig, MonteCloraConfig, TargetModules, clear_variants, inject,
 };
 use balora_bert::BertForSequenceClassification;
 use balora_io::{SaveOptions, load_adapter, save_adapter};
@@ -17,9 +17,8 @@ use balora_train::data::{
     Example, LabelSet, PromptFormat, read_nlg_jsonl, read_nlu, tokenize_nlg, tokenize_nlu,
 };
 use balora_train::metrics::{StepMetrics, read_metrics};
-use balora_train::optim::AdamWConfig;
 use balora_train::schedule::LrSchedule;
-use balora_train::{LoopConfig, NlgObjective, NluObjective, Teacher, train};
+use balora_train::{LoopConfig, NlgObjective, NluObjective, TorchAdamWConfig, Trainer};
 use burn::module::Module;
 use burn::tensor::{DType, Device};
 
@@ -62,7 +61,7 @@ fn loop_config(steps: usize) -> LoopConfig {
         lr: 3e-2,
         schedule: LrSchedule::Cosine,
         warmup_ratio: 0.1,
-        adamw: AdamWConfig::default(),
+        adamw: TorchAdamWConfig::default(),
         batch_size: 4,
         grad_accum: 2,
         max_grad_norm: Some(1.0),
@@ -103,23 +102,19 @@ fn run_nlg(
     let (model, _) = inject(tiny_llama(), &cfg).unwrap();
     let balora = (method == "balora")
         .then(|| BaLoraLoss::new(RegularizerConfig::paper(Task::Nlg), steps).unwrap());
-    let objective = NlgObjective::new(balora);
+    let objective = NlgObjective::new(balora, &model);
     let lc = LoopConfig {
         stop_at_step: stop,
         ..loop_config(steps)
     };
-    let (mut model, _) = train(
-        model,
-        &objective,
-        &nlg_examples(),
-        0,
-        &lc,
-        dir,
-        resume,
-        &device(),
-    )
-    .unwrap();
-    clear_monteclora(&mut model);
+    let mut trainer = Trainer::new(model, objective, nlg_examples(), 0, lc, dir, &device())
+        .unwrap()
+        .with_default_observers();
+    if resume {
+        trainer.resume().unwrap();
+    }
+    let (mut model, _) = trainer.fit().unwrap();
+    clear_variants(&mut model);
     save_adapter(&model, &cfg, &dir.join("adapter"), &SaveOptions::default()).unwrap();
     model
 }
@@ -148,10 +143,8 @@ fn every_method_learns_and_its_adapter_loads_back() {
         let mut fresh = tiny_llama().valid();
         load_adapter(&mut fresh, &dir.path().join("adapter")).unwrap();
         let batch = TokenBatch::right_padded(&[nlg_examples()[0].ids.clone()], 0);
-        let want = model
-            .valid()
-            .logits(&batch, balora_adapters::ForwardMode::Adapted);
-        let got = fresh.logits(&batch, balora_adapters::ForwardMode::Adapted);
+        let want = model.valid().logits(&batch);
+        let got = fresh.logits(&batch);
         let err: f64 = (want - got).abs().max().into_scalar::<f64>();
         assert!(err < 1e-3, "{method}: reloaded adapter differs by {err:e}");
         // evaluation (generation) runs and has learned the response
@@ -167,43 +160,41 @@ fn every_method_learns_and_its_adapter_loads_back() {
     }
 }
 
-/// `teacher = checkpoint` (spec Decision 4): a separately loaded pretrained model and the
-/// model's own frozen initial (PiSSA) adapter are the same teacher, so two BA-LoRA runs that
-/// differ only in the teacher log the same consistency term, step after step.
+/// `teacher = checkpoint` (docs/methods.md, "The teacher"): a separately loaded pretrained
+/// model and the model's own frozen initial (PiSSA) adapter are the same teacher, so two
+/// BA-LoRA runs that differ only in the teacher log the same consistency term, step after step.
 #[test]
 fn a_checkpoint_teacher_equals_the_initial_adapter_teacher() {
     let _turn = exclusive();
     let steps = 4;
-    let run = |teacher: Teacher| {
+    let run = |checkpoint: bool| {
         let dir = tempfile::tempdir().unwrap();
         let (model, _) = inject(tiny_llama(), &adapter("balora")).unwrap();
         let c = RegularizerConfig {
             lambda_consistency: 1.0,
             ..RegularizerConfig::paper(Task::Nlg)
         };
-        let objective = NlgObjective {
-            balora: Some(BaLoraLoss::new(c, steps).unwrap()),
-            teacher,
+        let loss = BaLoraLoss::new(c, steps).unwrap();
+        let objective = if checkpoint {
+            NlgObjective::with_teacher(loss, tiny_llama())
+        } else {
+            NlgObjective::new(Some(loss), &model)
         };
-        let lc = loop_config(steps);
-        train(
+        let trainer = Trainer::new(
             model,
-            &objective,
-            &nlg_examples(),
+            objective,
+            nlg_examples(),
             0,
-            &lc,
+            loop_config(steps),
             dir.path(),
-            false,
             &device(),
         )
         .unwrap();
+        trainer.fit().unwrap();
         read_metrics::<StepMetrics>(&dir.path().join("metrics.jsonl")).unwrap()
     };
-    let own = run(Teacher::InitialAdapter);
-    let base = tiny_llama().no_grad();
-    let separate = run(Teacher::Checkpoint(Box::new(move |batch| {
-        base.logits(batch, ForwardMode::Adapted)
-    })));
+    let own = run(false);
+    let separate = run(true);
     let kl = |m: &balora_train::metrics::StepMetrics| m.consistency.expect("consistency logged");
     for (a, b) in own.iter().zip(&separate) {
         let (x, y) = (kl(a), kl(b));
@@ -265,17 +256,9 @@ fn classification_trains_with_balora() {
         lr: 1e-2,
         ..loop_config(20)
     };
-    let (model, _) = train(
-        model,
-        &NluObjective { balora },
-        &examples,
-        0,
-        &lc,
-        dir.path(),
-        false,
-        &device(),
-    )
-    .unwrap();
+    let objective = NluObjective::new(balora, &model);
+    let trainer = Trainer::new(model, objective, examples, 0, lc, dir.path(), &device()).unwrap();
+    let (model, _) = trainer.fit().unwrap();
     let m = read_metrics::<StepMetrics>(&dir.path().join("metrics.jsonl")).unwrap();
     assert!(m[19].task < m[0].task, "{} → {}", m[0].task, m[19].task);
     assert!(m[3].diversity.is_some() && m[3].svd.is_some());

@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use balora_adapters::{AdapterSlots, ForwardMode, InitMode, LoraConfig, TargetModules, inject};
+use balora_adapters::{AdapterSlots, InitMode, LoraConfig, TargetModules, inject, teacher};
 use balora_io::tensors::{SafetensorsFile, write_safetensors};
 use balora_llama::LlamaForCausalLM;
 use balora_losses::{BaLoraLoss, RegularizerConfig, Task};
 use balora_model::{CausalLm, TokenBatch};
 use balora_testkit::fixture;
-use balora_train::optim::{AdamW, AdamWConfig};
+use balora_train::{TorchAdamW, TorchAdamWConfig};
 use burn::optim::GradientsParams;
 use burn::tensor::{DType, Device, TensorData};
 
@@ -49,11 +49,11 @@ fn bf16_base_trains_adapters_moments_and_losses_in_f32() {
     let (half, full) = (load(DType::BF16), load(DType::F32));
     half.visit_slots(&mut |path, slot| {
         assert_eq!(slot.weight.val().dtype(), DType::BF16, "{path}: base");
-        if let Some(a) = &slot.adapter {
-            assert_eq!(a.lora_a.val().dtype(), DType::F32, "{path}: lora_A");
-            assert_eq!(a.lora_b.val().dtype(), DType::F32, "{path}: lora_B");
-            let init = a.initial.as_ref().expect("PiSSA keeps its initial factors");
-            assert_eq!(init.lora_a.val().dtype(), DType::F32, "{path}: A0");
+        if let Some(a) = slot.adapter() {
+            assert_eq!(a.lora_a().val().dtype(), DType::F32, "{path}: lora_A");
+            assert_eq!(a.lora_b().val().dtype(), DType::F32, "{path}: lora_B");
+            let init = a.initial().expect("PiSSA keeps its initial factors");
+            assert_eq!(init.lora_a().val().dtype(), DType::F32, "{path}: A0");
         }
     });
     let batch = TokenBatch::right_padded(&[vec![5, 9, 17, 33, 2, 71, 8], vec![4, 40, 100, 6]], 0);
@@ -67,9 +67,7 @@ fn bf16_base_trains_adapters_moments_and_losses_in_f32() {
     // step 5 of 10: every λ is on
     let terms = |m: &LlamaForCausalLM| {
         let out = loss
-            .nlg_causal_lm(5, m.logits(&batch, ForwardMode::Adapted), &labels, || {
-                m.logits(&batch, ForwardMode::Teacher)
-            })
+            .nlg_causal_lm(5, m.logits(&batch), &labels, || teacher(m).logits(&batch))
             .unwrap();
         assert_eq!(out.loss.dtype(), DType::F32);
         let t = out.terms;
@@ -102,15 +100,12 @@ fn bf16_base_trains_adapters_moments_and_losses_in_f32() {
     }
     // one AdamW step: moments in f32, parameters stay f32, the base untouched in bf16
     let out = loss
-        .nlg_causal_lm(
-            5,
-            half.logits(&batch, ForwardMode::Adapted),
-            &labels,
-            || half.logits(&batch, ForwardMode::Teacher),
-        )
+        .nlg_causal_lm(5, half.logits(&batch), &labels, || {
+            teacher(&half).logits(&batch)
+        })
         .unwrap();
     let grads = GradientsParams::from_grads(out.loss.backward(), &half);
-    let mut optim = AdamW::new(AdamWConfig::default());
+    let mut optim = TorchAdamW::new(TorchAdamWConfig::default());
     let half = optim.step(half, &grads, 1e-3, 1.0);
     let moments = optim.state_data();
     assert!(!moments.is_empty());
@@ -123,9 +118,9 @@ fn bf16_base_trains_adapters_moments_and_losses_in_f32() {
             DType::BF16,
             "{path}: base after a step"
         );
-        if let Some(a) = &slot.adapter {
+        if let Some(a) = slot.adapter() {
             assert_eq!(
-                a.lora_b.val().dtype(),
+                a.lora_b().val().dtype(),
                 DType::F32,
                 "{path}: lora_B after a step"
             );

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use balora_adapters::{InitMode, LoraConfig, TargetModules, clear_monteclora, inject};
+use balora_adapters::{InitMode, LoraConfig, TargetModules, clear_variants, inject};
 use balora_bert::BertForSequenceClassification;
 use balora_io::{SaveOptions, TaskType, save_adapter};
 use balora_llama::LlamaForCausalLM;
@@ -19,9 +19,10 @@ use balora_losses::{BaLoraLoss, LossOutput, RegularizerConfig, Task};
 use balora_model::TokenBatch;
 use balora_testkit::fixture;
 use balora_train::data::Example;
-use balora_train::optim::AdamWConfig;
 use balora_train::schedule::LrSchedule;
-use balora_train::{LoopConfig, NlgObjective, NluObjective, Objective, TrainError, train};
+use balora_train::{
+    LoopConfig, NlgObjective, NluObjective, Objective, TorchAdamWConfig, TrainError, Trainer,
+};
 use burn::tensor::{DType, Device};
 
 const STEPS: usize = 12;
@@ -76,7 +77,7 @@ fn loop_config(seed: u64) -> LoopConfig {
         lr: 1e-2,
         schedule: LrSchedule::Cosine,
         warmup_ratio: 0.1,
-        adamw: AdamWConfig::default(),
+        adamw: TorchAdamWConfig::default(),
         batch_size: 4,
         grad_accum: 2,
         max_grad_norm: Some(1.0),
@@ -115,20 +116,21 @@ fn run(task: &str, dir: &Path, resume: bool, seed: u64) {
         .unwrap();
         let (model, _) = inject(base, &cfg).unwrap();
         let balora = BaLoraLoss::new(RegularizerConfig::paper(Task::Nlu), STEPS).unwrap();
-        let objective = Slow(NluObjective {
-            balora: Some(balora),
-        });
-        let (model, _) = train(
+        let objective = Slow(NluObjective::new(Some(balora), &model));
+        let mut trainer = Trainer::new(
             model,
-            &objective,
-            &examples(task),
+            objective,
+            examples(task),
             0,
-            &lc,
+            lc.clone(),
             dir,
-            resume,
             &device,
         )
         .unwrap();
+        if resume {
+            trainer.resume().unwrap();
+        }
+        let (model, _) = trainer.fit().unwrap();
         save_adapter(
             &model,
             &cfg,
@@ -142,19 +144,22 @@ fn run(task: &str, dir: &Path, resume: bool, seed: u64) {
                 .unwrap();
         let (model, _) = inject(base, &cfg).unwrap();
         let balora = BaLoraLoss::new(RegularizerConfig::paper(Task::Nlg), STEPS).unwrap();
-        let objective = Slow(NlgObjective::new(Some(balora)));
-        let (mut model, _) = train(
+        let objective = Slow(NlgObjective::new(Some(balora), &model));
+        let mut trainer = Trainer::new(
             model,
-            &objective,
-            &examples(task),
+            objective,
+            examples(task),
             0,
-            &lc,
+            lc.clone(),
             dir,
-            resume,
             &device,
         )
         .unwrap();
-        clear_monteclora(&mut model);
+        if resume {
+            trainer.resume().unwrap();
+        }
+        let (mut model, _) = trainer.fit().unwrap();
+        clear_variants(&mut model);
         save_adapter(
             &model,
             &cfg,

@@ -9,9 +9,11 @@
 //! keys carry (none for a bare encoder such as all-MiniLM-L6-v2), so adapters move both ways
 //! with peft. The head is peft's `modules_to_save = ["classifier"]`.
 
+#![warn(missing_docs)]
+
 use std::path::Path;
 
-use balora_adapters::{AdapterSlots, ForwardMode, LoraLinear, SavedParam, SavedParamMut};
+use balora_adapters::{AdapterSlots, LoraLinear, SavedParam, SavedParamMut};
 use balora_io::{HfCheckpoint, LoadOptions};
 use balora_model::attention::{AttentionMask, scaled_dot_product};
 use balora_model::{ModelError, SequenceClassifier, TokenBatch};
@@ -198,10 +200,10 @@ impl Dense {
     }
 }
 
-/// The head's weights: BERT's `classifier` on the pooled output, or RoBERTa's
-/// `dense → tanh → out_proj` on `<s>`.
+/// The classification head, trained fully (peft's `modules_to_save`): BERT's `classifier` on
+/// the pooled output, or RoBERTa's `dense → tanh → out_proj` on `<s>`.
 #[derive(Module, Debug)]
-pub struct HeadWeights {
+pub struct ClassificationHead {
     /// RoBERTa's hidden projection.
     pub dense: Option<Dense>,
     /// The output projection `[C, d]`.
@@ -226,7 +228,7 @@ impl Dense {
     }
 }
 
-impl HeadWeights {
+impl ClassificationHead {
     /// The head in `dtype` (trainable; a half-precision checkpoint's head trains in f32).
     fn cast(self, dtype: DType) -> Self {
         Self {
@@ -246,16 +248,6 @@ impl HeadWeights {
     }
 }
 
-/// The classification head: trained fully (peft's `modules_to_save`), with a frozen copy of
-/// its initial weights so the teacher (BA-LoRA's reference model) keeps the starting head.
-#[derive(Module, Debug)]
-pub struct ClassificationHead {
-    /// Trainable weights.
-    pub current: HeadWeights,
-    /// Frozen initial weights.
-    pub initial: HeadWeights,
-}
-
 impl ClassificationHead {
     /// A fresh head, N(0, initializer_range) weights and zero biases as transformers draws
     /// them, from a host RNG seeded by `seed`: the same head on every backend and in every
@@ -266,7 +258,7 @@ impl ClassificationHead {
         seed: u64,
         device: &Device,
         dtype: DType,
-    ) -> Result<HeadWeights, ModelError> {
+    ) -> Result<Self, ModelError> {
         let d = config.hidden_size;
         let normal = Normal::new(0.0f32, config.initializer_range as f32).map_err(|_| {
             ModelError::UnsupportedConfig {
@@ -289,17 +281,10 @@ impl ClassificationHead {
             }
         };
         let hidden = config.is_roberta().then(|| dense(d));
-        Ok(HeadWeights {
+        Ok(Self {
             dense: hidden,
             out_proj: dense(labels),
         })
-    }
-
-    fn forward(&self, pooled: Tensor<2>, mode: ForwardMode) -> Tensor<2> {
-        match mode {
-            ForwardMode::Adapted => self.current.forward(pooled),
-            ForwardMode::Teacher => self.initial.forward(pooled),
-        }
     }
 }
 
@@ -314,6 +299,26 @@ pub struct BertForSequenceClassification {
     config: BertConfig,
     #[module(skip)]
     pooling: Pooling,
+}
+
+impl BertLayer {
+    /// Post-norm block: `LN(x + attn(x))`, then `LN(a + out(gelu(inter(a))))`.
+    fn forward(&self, x: Tensor<3>, mask: AttentionMask<'_>, heads: usize) -> Tensor<3> {
+        let sa = &self.attention.self_attention;
+        let [b, t, d] = x.dims();
+        let split = |y: Tensor<3>| y.reshape([b, t, heads, d / heads]).swap_dims(1, 2);
+        let q = split(sa.query.forward(x.clone()));
+        let k = split(sa.key.forward(x.clone()));
+        let v = split(sa.value.forward(x.clone()));
+        let ctx = scaled_dot_product(q, k, v, mask)
+            .swap_dims(1, 2)
+            .reshape([b, t, d]);
+        let out = &self.attention.output;
+        let a = out.layer_norm.forward(out.dense.forward(ctx) + x);
+        let h = gelu(self.intermediate.dense.forward(a.clone()));
+        let o = &self.output;
+        o.layer_norm.forward(o.dense.forward(h) + a)
+    }
 }
 
 impl BertModel {
@@ -366,7 +371,7 @@ impl BertModel {
     }
 
     /// Final hidden states `[B, T, d]`.
-    fn forward(&self, batch: &TokenBatch, config: &BertConfig, mode: ForwardMode) -> Tensor<3> {
+    fn forward(&self, batch: &TokenBatch, config: &BertConfig) -> Tensor<3> {
         let device = self.embeddings.word_embeddings.weight.val().device();
         let [b, t] = batch.dims;
         let positions: Vec<i64> = if config.is_roberta() {
@@ -408,22 +413,7 @@ impl BertModel {
             query_offset: 0,
         };
         for layer in &self.encoder.layer {
-            let sa = &layer.attention.self_attention;
-            let [_, _, d] = x.dims();
-            let split = |y: Tensor<3>| y.reshape([b, t, heads, d / heads]).swap_dims(1, 2);
-            let q = split(sa.query.forward_mode(x.clone(), mode));
-            let k = split(sa.key.forward_mode(x.clone(), mode));
-            let v = split(sa.value.forward_mode(x.clone(), mode));
-            let ctx = scaled_dot_product(q, k, v, mask)
-                .swap_dims(1, 2)
-                .reshape([b, t, d]);
-            let out = &layer.attention.output;
-            let a = out
-                .layer_norm
-                .forward(out.dense.forward_mode(ctx, mode) + x);
-            let h = gelu(layer.intermediate.dense.forward_mode(a.clone(), mode));
-            let o = &layer.output;
-            x = o.layer_norm.forward(o.dense.forward_mode(h, mode) + a);
+            x = layer.forward(x, mask, heads);
         }
         x
     }
@@ -498,10 +488,7 @@ impl BertForSequenceClassification {
         let head = ClassificationHead::fresh(&config, labels, seed, device, dtype)?;
         let mut model = Self {
             bert: BertModel::init(&config, pooler, device, dtype),
-            classifier: ClassificationHead {
-                initial: head.clone(),
-                current: head,
-            },
+            classifier: head,
             config: config.clone(),
             pooling: if roberta {
                 Pooling::Cls
@@ -515,26 +502,20 @@ impl BertForSequenceClassification {
         let mut options = LoadOptions::new(dtype)
             .with_remap(r"\.LayerNorm\.", ".layer_norm.")
             .with_remap(r"\.attention\.self\.", ".attention.self_attention.")
-            .with_remap(
-                r"^classifier\.(weight|bias)$",
-                "classifier.current.out_proj.$1",
-            )
-            .with_remap(r"^classifier\.(dense|out_proj)\.", "classifier.current.$1.");
+            .with_remap(r"^classifier\.(weight|bias)$", "classifier.out_proj.$1")
+            .with_remap(r"^classifier\.(dense|out_proj)\.", "classifier.$1.");
         options = match prefix.as_str() {
             "" => options.with_remap(r"^(embeddings|encoder|pooler)\.", "bert.$1."),
             p => options.with_remap(&format!("^{}", regex_escape(p)), "bert."),
         };
         options.optional.push(r"bert\.pooler\..*".into());
-        options.optional.push(r"classifier\.initial\..*".into());
         if !head_in_file {
             options.optional.push(r"classifier\..*".into());
         }
         checkpoint.load_into(&mut model, &options)?;
         // a head read from a half-precision checkpoint trains in f32, like a fresh one
         let head_dtype = balora_adapters::training_dtype(dtype);
-        model.classifier.current = model.classifier.current.cast(head_dtype);
-        // the teacher's head is the head training starts from
-        model.classifier.initial = model.classifier.current.clone().freeze();
+        model.classifier = model.classifier.cast(head_dtype);
         Ok(model)
     }
 
@@ -550,29 +531,23 @@ impl BertForSequenceClassification {
     }
 
     /// Final hidden states `[B, T, d]`.
-    pub fn hidden_states(&self, batch: &TokenBatch, mode: ForwardMode) -> Tensor<3> {
-        self.bert.forward(batch, self.config(), mode)
+    pub fn hidden_states(&self, batch: &TokenBatch) -> Tensor<3> {
+        self.bert.forward(batch, self.config())
     }
 
     /// One vector per sequence `[B, d]` with the configured pooling.
-    pub fn features(&self, batch: &TokenBatch, mode: ForwardMode) -> Tensor<2> {
-        self.pool(self.hidden_states(batch, mode), batch, self.pooling, mode)
+    pub fn features(&self, batch: &TokenBatch) -> Tensor<2> {
+        self.pool(self.hidden_states(batch), batch, self.pooling)
     }
 
     /// Pool hidden states `[B, T, d]` into `[B, d]`.
-    pub fn pool(
-        &self,
-        h: Tensor<3>,
-        batch: &TokenBatch,
-        pooling: Pooling,
-        mode: ForwardMode,
-    ) -> Tensor<2> {
+    pub fn pool(&self, h: Tensor<3>, batch: &TokenBatch, pooling: Pooling) -> Tensor<2> {
         let [b, t, d] = h.dims();
         let cls = || h.clone().narrow(1, 0, 1).reshape([b, d]);
         match pooling {
             Pooling::Cls => cls(),
             Pooling::Pooler => match &self.bert.pooler {
-                Some(p) => p.dense.forward_mode(cls(), mode).tanh(),
+                Some(p) => p.dense.forward(cls()).tanh(),
                 None => cls(),
             },
             Pooling::Mean => {
@@ -624,97 +599,83 @@ impl BertForSequenceClassification {
     }
 }
 
+/// The adapter slots, listed once for both visitors: `$iter` is `iter` or `iter_mut`, `$m` is
+/// empty or `mut`.
+macro_rules! slots {
+    ($model:ident, $f:ident, $iter:ident $(, $m:tt)?) => {
+        let p = $model.prefix();
+        for (i, l) in $model.bert.encoder.layer.$iter().enumerate() {
+            let base = format!("{p}encoder.layer.{i}");
+            let sa = &$($m)? l.attention.self_attention;
+            $f(&format!("{base}.attention.self.query"), &$($m)? sa.query);
+            $f(&format!("{base}.attention.self.key"), &$($m)? sa.key);
+            $f(&format!("{base}.attention.self.value"), &$($m)? sa.value);
+            $f(&format!("{base}.attention.output.dense"), &$($m)? l.attention.output.dense);
+            $f(&format!("{base}.intermediate.dense"), &$($m)? l.intermediate.dense);
+            $f(&format!("{base}.output.dense"), &$($m)? l.output.dense);
+        }
+    };
+}
+
+/// The head's dense layers under transformers' names, listed once for both visitors.
+macro_rules! head {
+    ($model:ident, $dense:ident $(, $m:tt)?) => {
+        let head = &$($m)? $model.classifier;
+        match &$($m)? head.dense {
+            // RobertaClassificationHead: classifier.dense, classifier.out_proj
+            Some(hidden) => {
+                $dense("classifier.dense", hidden);
+                $dense("classifier.out_proj", &$($m)? head.out_proj);
+            }
+            // BertForSequenceClassification: classifier is the nn.Linear itself
+            None => $dense("classifier", &$($m)? head.out_proj),
+        }
+    };
+}
+
 impl AdapterSlots for BertForSequenceClassification {
     fn modules_to_save(&self) -> Vec<String> {
         vec!["classifier".into()]
     }
 
     fn visit_saved_modules(&self, f: &mut dyn FnMut(&str, SavedParam<'_>)) {
-        let head = &self.classifier.current;
         let mut dense = |name: &str, d: &Dense| {
             f(&format!("{name}.weight"), SavedParam::Matrix(&d.weight));
             f(&format!("{name}.bias"), SavedParam::Vector(&d.bias));
         };
-        match &head.dense {
-            // RobertaClassificationHead: classifier.dense, classifier.out_proj
-            Some(hidden) => {
-                dense("classifier.dense", hidden);
-                dense("classifier.out_proj", &head.out_proj);
-            }
-            // BertForSequenceClassification: classifier is the nn.Linear itself
-            None => dense("classifier", &head.out_proj),
-        }
+        head!(self, dense);
     }
 
     fn visit_saved_modules_mut(&mut self, f: &mut dyn FnMut(&str, SavedParamMut<'_>)) {
-        let head = &mut self.classifier.current;
         let mut dense = |name: &str, d: &mut Dense| {
-            f(
-                &format!("{name}.weight"),
-                SavedParamMut::Matrix(&mut d.weight),
-            );
+            let weight = SavedParamMut::Matrix(&mut d.weight);
+            f(&format!("{name}.weight"), weight);
             f(&format!("{name}.bias"), SavedParamMut::Vector(&mut d.bias));
         };
-        match &mut head.dense {
-            Some(hidden) => {
-                dense("classifier.dense", hidden);
-                dense("classifier.out_proj", &mut head.out_proj);
-            }
-            None => dense("classifier", &mut head.out_proj),
-        }
+        head!(self, dense, mut);
     }
 
     fn visit_slots(&self, f: &mut dyn FnMut(&str, &LoraLinear)) {
-        let p = self.prefix();
-        for (i, l) in self.bert.encoder.layer.iter().enumerate() {
-            let base = format!("{p}encoder.layer.{i}");
-            let sa = &l.attention.self_attention;
-            f(&format!("{base}.attention.self.query"), &sa.query);
-            f(&format!("{base}.attention.self.key"), &sa.key);
-            f(&format!("{base}.attention.self.value"), &sa.value);
-            f(
-                &format!("{base}.attention.output.dense"),
-                &l.attention.output.dense,
-            );
-            f(&format!("{base}.intermediate.dense"), &l.intermediate.dense);
-            f(&format!("{base}.output.dense"), &l.output.dense);
-        }
+        slots!(self, f, iter);
     }
 
     fn visit_slots_mut(&mut self, f: &mut dyn FnMut(&str, &mut LoraLinear)) {
-        let p = self.prefix();
-        for (i, l) in self.bert.encoder.layer.iter_mut().enumerate() {
-            let base = format!("{p}encoder.layer.{i}");
-            let sa = &mut l.attention.self_attention;
-            f(&format!("{base}.attention.self.query"), &mut sa.query);
-            f(&format!("{base}.attention.self.key"), &mut sa.key);
-            f(&format!("{base}.attention.self.value"), &mut sa.value);
-            f(
-                &format!("{base}.attention.output.dense"),
-                &mut l.attention.output.dense,
-            );
-            f(
-                &format!("{base}.intermediate.dense"),
-                &mut l.intermediate.dense,
-            );
-            f(&format!("{base}.output.dense"), &mut l.output.dense);
-        }
+        slots!(self, f, iter_mut, mut);
     }
 }
 
 impl SequenceClassifier for BertForSequenceClassification {
-    fn logits(&self, batch: &TokenBatch, mode: ForwardMode) -> Tensor<2> {
+    fn logits(&self, batch: &TokenBatch) -> Tensor<2> {
         let head_pooling = if self.config().is_roberta() {
             Pooling::Cls
         } else {
             Pooling::Pooler
         };
-        let h = self.hidden_states(batch, mode);
-        self.classifier
-            .forward(self.pool(h, batch, head_pooling, mode), mode)
+        let h = self.hidden_states(batch);
+        self.classifier.forward(self.pool(h, batch, head_pooling))
     }
 
     fn num_labels(&self) -> usize {
-        self.classifier.current.out_proj.bias.shape().dims::<1>()[0]
+        self.classifier.out_proj.bias.shape().dims::<1>()[0]
     }
 }

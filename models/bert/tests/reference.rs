@@ -1,7 +1,7 @@
 //! BERT-family encoders against transformers: tiny random BERT and RoBERTa classifiers, and
 //! the real all-MiniLM-L6-v2 (pooled embeddings, tokenizer ids without its fixed padding).
 
-use balora_adapters::ForwardMode;
+use balora_adapters::teacher;
 use balora_bert::{BertForSequenceClassification, Pooling};
 use balora_io::load_tokenizer;
 use balora_io::tensors::SafetensorsFile;
@@ -44,12 +44,12 @@ fn check_classifier(case: &str, with_types: bool) {
             .unwrap();
     let file = SafetensorsFile::open(&dir.join("reference.safetensors")).unwrap();
     let batch = batch_from(&file, with_types);
-    let got = values(model.logits(&batch, ForwardMode::Adapted));
+    let got = values(model.logits(&batch));
     let want = file.values::<f64>("logits").unwrap().0;
     let err = max_abs(&got, &want);
     assert!(err <= 1e-4, "{case}: max |Δ logits| = {err:e}");
     // the teacher keeps the starting head and encoder
-    let teacher = values(model.logits(&batch, ForwardMode::Teacher));
+    let teacher = values(teacher(&model).logits(&batch));
     assert!(max_abs(&teacher, &want) <= 1e-4);
 }
 
@@ -101,13 +101,13 @@ fn minilm_pooled_embeddings_match_transformers() {
                 .all(|&m| m == 0)
         );
     }
-    let h = model.hidden_states(&batch, ForwardMode::Adapted);
+    let h = model.hidden_states(&batch);
     for (pooling, key) in [
         (Pooling::Cls, "cls"),
         (Pooling::Mean, "mean_pooled"),
         (Pooling::Pooler, "pooler_output"),
     ] {
-        let got = values(model.pool(h.clone(), &batch, pooling, ForwardMode::Adapted));
+        let got = values(model.pool(h.clone(), &batch, pooling));
         let want = file.values::<f64>(key).unwrap().0;
         let err = max_abs(&got, &want);
         assert!(err <= 1e-4, "{key}: max |Δ| = {err:e}");

@@ -6,9 +6,11 @@
 //! peft's shapes (`lora_A [r, in]`, `lora_B [out, r]`; peft's `fan_in_fan_out` concerns only
 //! the base weight).
 
+#![warn(missing_docs)]
+
 use std::path::Path;
 
-use balora_adapters::{AdapterSlots, ForwardMode, LoraLinear};
+use balora_adapters::{AdapterSlots, LoraLinear};
 use balora_io::{HfCheckpoint, LoadOptions};
 use balora_kernels::{Activation, activation};
 use balora_model::attention::{AttentionMask, scaled_dot_product};
@@ -42,6 +44,9 @@ pub struct Gpt2Config {
     /// LayerNorm ε.
     #[serde(default = "default_eps")]
     pub layer_norm_epsilon: f64,
+    /// End-of-text id (50256 in GPT-2's vocabulary).
+    #[serde(default)]
+    pub eos_token_id: Option<u32>,
 }
 
 fn default_act() -> String {
@@ -113,10 +118,10 @@ pub struct Gpt2LmHeadModel {
 }
 
 impl Gpt2Attention {
-    fn forward(&self, x: Tensor<3>, mask: AttentionMask<'_>, mode: ForwardMode) -> Tensor<3> {
+    fn forward(&self, x: Tensor<3>, mask: AttentionMask<'_>) -> Tensor<3> {
         let [b, t, d] = x.dims();
         let h = self.heads;
-        let qkv = self.c_attn.forward_mode(x, mode);
+        let qkv = self.c_attn.forward(x);
         let head = |i: usize| {
             qkv.clone()
                 .narrow(2, i * d, d)
@@ -124,8 +129,21 @@ impl Gpt2Attention {
                 .swap_dims(1, 2)
         };
         let out = scaled_dot_product(head(0), head(1), head(2), mask);
+        self.c_proj.forward(out.swap_dims(1, 2).reshape([b, t, d]))
+    }
+}
+
+impl Gpt2Mlp {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         self.c_proj
-            .forward_mode(out.swap_dims(1, 2).reshape([b, t, d]), mode)
+            .forward(activation(self.c_fc.forward(x), Activation::GeluTanh))
+    }
+}
+
+impl Gpt2Block {
+    fn forward(&self, x: Tensor<3>, mask: AttentionMask<'_>) -> Tensor<3> {
+        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), mask);
+        x.clone() + self.mlp.forward(self.ln_2.forward(x))
     }
 }
 
@@ -231,38 +249,36 @@ impl Gpt2LmHeadModel {
     }
 }
 
+/// The adapter slots, listed once for both visitors: `$iter` is `iter` or `iter_mut`, `$m` is
+/// empty or `mut`.
+macro_rules! slots {
+    ($model:ident, $f:ident, $iter:ident $(, $m:tt)?) => {
+        for (i, b) in $model.transformer.h.$iter().enumerate() {
+            let p = format!("transformer.h.{i}");
+            $f(&format!("{p}.attn.c_attn"), &$($m)? b.attn.c_attn);
+            $f(&format!("{p}.attn.c_proj"), &$($m)? b.attn.c_proj);
+            $f(&format!("{p}.mlp.c_fc"), &$($m)? b.mlp.c_fc);
+            $f(&format!("{p}.mlp.c_proj"), &$($m)? b.mlp.c_proj);
+        }
+    };
+}
+
 impl AdapterSlots for Gpt2LmHeadModel {
     fn fan_in_fan_out(&self) -> bool {
         true
     }
 
     fn visit_slots(&self, f: &mut dyn FnMut(&str, &LoraLinear)) {
-        for (i, b) in self.transformer.h.iter().enumerate() {
-            f(&format!("transformer.h.{i}.attn.c_attn"), &b.attn.c_attn);
-            f(&format!("transformer.h.{i}.attn.c_proj"), &b.attn.c_proj);
-            f(&format!("transformer.h.{i}.mlp.c_fc"), &b.mlp.c_fc);
-            f(&format!("transformer.h.{i}.mlp.c_proj"), &b.mlp.c_proj);
-        }
+        slots!(self, f, iter);
     }
 
     fn visit_slots_mut(&mut self, f: &mut dyn FnMut(&str, &mut LoraLinear)) {
-        for (i, b) in self.transformer.h.iter_mut().enumerate() {
-            f(
-                &format!("transformer.h.{i}.attn.c_attn"),
-                &mut b.attn.c_attn,
-            );
-            f(
-                &format!("transformer.h.{i}.attn.c_proj"),
-                &mut b.attn.c_proj,
-            );
-            f(&format!("transformer.h.{i}.mlp.c_fc"), &mut b.mlp.c_fc);
-            f(&format!("transformer.h.{i}.mlp.c_proj"), &mut b.mlp.c_proj);
-        }
+        slots!(self, f, iter_mut, mut);
     }
 }
 
 impl CausalLm for Gpt2LmHeadModel {
-    fn logits(&self, batch: &TokenBatch, mode: ForwardMode) -> Tensor<3> {
+    fn logits(&self, batch: &TokenBatch) -> Tensor<3> {
         let device = self.transformer.wte.weight.val().device();
         let [b, t] = batch.dims;
         let tr = &self.transformer;
@@ -279,16 +295,7 @@ impl CausalLm for Gpt2LmHeadModel {
             query_offset: 0,
         };
         for block in &tr.h {
-            let a = block
-                .attn
-                .forward(block.ln_1.forward(x.clone()), mask, mode);
-            x = x + a;
-            let h = block
-                .mlp
-                .c_fc
-                .forward_mode(block.ln_2.forward(x.clone()), mode);
-            let h = activation(h, Activation::GeluTanh);
-            x = x.clone() + block.mlp.c_proj.forward_mode(h, mode);
+            x = block.forward(x, mask);
         }
         let x = tr.ln_f.forward(x);
         // the tied head: wte `[V, d]` is already the `[out, in]` weight

@@ -2,7 +2,7 @@
 //! (`scripts/model_fixtures.py`): Conv1D transposition, fused c_attn, learned positions, tied
 //! head, right padding; adapters on the fused projection.
 
-use balora_adapters::{ForwardMode, InitMode, LoraConfig, TargetModules, inject};
+use balora_adapters::{InitMode, LoraConfig, TargetModules, inject};
 use balora_gpt2::Gpt2LmHeadModel;
 use balora_io::tensors::SafetensorsFile;
 use balora_model::{CausalLm, TokenBatch};
@@ -40,7 +40,7 @@ fn max_err_real(got: &[f64], want: &[f64], batch: &TokenBatch, v: usize) -> f64 
 #[test]
 fn tiny_gpt2_matches_transformers() {
     let (model, batch, want) = load();
-    let got = values(model.logits(&batch, ForwardMode::Adapted));
+    let got = values(model.logits(&batch));
     let err = max_err_real(&got, &want, &batch, model.vocab_size());
     assert!(err <= 1e-4, "max |Δ logits| = {err:e}");
 }
@@ -52,9 +52,9 @@ fn adapters_on_the_fused_projection_start_from_the_base() {
         LoraConfig::new(4, TargetModules::names(["c_attn", "c_fc"])).with_init(InitMode::Pissa);
     let (model, report) = inject(model, &cfg).unwrap();
     assert_eq!(report.adapted[0], "transformer.h.0.attn.c_attn");
-    let adapter = model.transformer.h[0].attn.c_attn.adapter.as_ref().unwrap();
-    assert_eq!(adapter.lora_b.shape().dims::<2>(), [96, 4]);
-    let got = values(model.logits(&batch, ForwardMode::Adapted));
+    let adapter = model.transformer.h[0].attn.c_attn.adapter().unwrap();
+    assert_eq!(adapter.lora_b().shape().dims::<2>(), [96, 4]);
+    let got = values(model.logits(&batch));
     let err = max_err_real(&got, &want, &batch, model.vocab_size());
     assert!(
         err <= 1e-4,

@@ -15,15 +15,16 @@
 //! let ids = model.generate(&[1, 4093, 198], &GenerationConfig::greedy(16, vec![2]), true).unwrap();
 //! ```
 
+#![warn(missing_docs)]
+
 mod config;
 mod model;
 mod rope;
 
 use std::path::Path;
 
-use balora_adapters::ForwardMode;
 use balora_io::{HfCheckpoint, LoadOptions};
-use balora_model::{GenerationConfig, ModelError, Sampler, TokenBatch};
+use balora_model::{GenerationConfig, ModelError, TokenBatch, generation};
 use burn::tensor::{DType, Device};
 
 pub use config::{LlamaConfig, RopeScaling, TokenIds};
@@ -52,37 +53,15 @@ impl LlamaForCausalLM {
         config: &GenerationConfig,
         use_cache: bool,
     ) -> Result<Vec<u32>, ModelError> {
-        let mut sampler = Sampler::new(config);
         let mut cache = KvCache::default();
-        let mut sequence = prompt.to_vec();
-        let mut new = Vec::new();
-        let mut feed = prompt.to_vec();
-        while new.len() < config.max_new_tokens && !feed.is_empty() {
-            let input = if use_cache {
-                feed.clone()
+        generation::generate(prompt, config, |sequence, new| {
+            if use_cache {
+                let batch = TokenBatch::right_padded(&[new.to_vec()], 0);
+                generation::last_row(self.forward(&batch, Some(&mut cache)))
             } else {
-                sequence.clone()
-            };
-            let batch = TokenBatch::right_padded(&[input], 0);
-            let logits = self.forward(
-                &batch,
-                ForwardMode::Adapted,
-                use_cache.then_some(&mut cache),
-            );
-            let [_, t, v] = logits.dims();
-            let last = logits.narrow(1, t - 1, 1).reshape([v]);
-            let row: Vec<f32> = last
-                .try_into_vec_as::<f32>()
-                .map_err(|e| ModelError::Readback(e.to_string()))?;
-            let token = sampler.next(&row);
-            new.push(token);
-            sequence.push(token);
-            feed = if sampler.is_stop(token) {
-                Vec::new()
-            } else {
-                vec![token]
-            };
-        }
-        Ok(new)
+                let batch = TokenBatch::right_padded(&[sequence.to_vec()], 0);
+                generation::last_row(self.forward(&batch, None))
+            }
+        })
     }
 }

@@ -2,7 +2,7 @@
 //! Field names are the Hugging Face keys (`model.layers.0.self_attn.q_proj`), so checkpoints
 //! load without remapping and adapter paths equal peft's.
 
-use balora_adapters::{AdapterSlots, ForwardMode, LoraLinear};
+use balora_adapters::{AdapterSlots, LoraLinear};
 use balora_kernels::{Activation, activation};
 use balora_model::attention::{AttentionMask, repeat_kv, scaled_dot_product};
 use balora_model::{CausalLm, TokenBatch};
@@ -69,7 +69,6 @@ struct Context<'a> {
     cos: Tensor<4>,
     sin: Tensor<4>,
     mask: AttentionMask<'a>,
-    mode: ForwardMode,
 }
 
 impl Attention {
@@ -82,9 +81,9 @@ impl Attention {
         let [b, t, _] = x.dims();
         let (h, kvh, d) = (self.heads, self.kv_heads, self.head_dim);
         let split = |y: Tensor<3>, n| y.reshape([b, t, n, d]).swap_dims(1, 2);
-        let q = split(self.q_proj.forward_mode(x.clone(), ctx.mode), h);
-        let k = split(self.k_proj.forward_mode(x.clone(), ctx.mode), kvh);
-        let v = split(self.v_proj.forward_mode(x, ctx.mode), kvh);
+        let q = split(self.q_proj.forward(x.clone()), h);
+        let k = split(self.k_proj.forward(x.clone()), kvh);
+        let v = split(self.v_proj.forward(x), kvh);
         let q = apply_rotary(q, ctx.cos.clone(), ctx.sin.clone());
         let mut k = apply_rotary(k, ctx.cos.clone(), ctx.sin.clone());
         let mut v = v;
@@ -100,7 +99,7 @@ impl Attention {
         }
         let out = scaled_dot_product(q, repeat_kv(k, h / kvh), repeat_kv(v, h / kvh), ctx.mask);
         let out = out.swap_dims(1, 2).reshape([b, t, h * d]);
-        self.o_proj.forward_mode(out, ctx.mode)
+        self.o_proj.forward(out)
     }
 }
 
@@ -116,13 +115,9 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    fn forward(&self, x: Tensor<3>, mode: ForwardMode) -> Tensor<3> {
-        let gate = activation(
-            self.gate_proj.forward_mode(x.clone(), mode),
-            Activation::Silu,
-        );
-        self.down_proj
-            .forward_mode(gate * self.up_proj.forward_mode(x, mode), mode)
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let gate = activation(self.gate_proj.forward(x.clone()), Activation::Silu);
+        self.down_proj.forward(gate * self.up_proj.forward(x))
     }
 }
 
@@ -150,10 +145,7 @@ impl DecoderLayer {
             + self
                 .self_attn
                 .forward(self.input_layernorm.forward(x), ctx, cache);
-        h.clone()
-            + self
-                .mlp
-                .forward(self.post_attention_layernorm.forward(h), ctx.mode)
+        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
 }
 
@@ -253,12 +245,7 @@ impl LlamaForCausalLM {
     ///
     /// Positions count real tokens only (`cumsum(mask) − 1`, as transformers derives
     /// `position_ids` from the attention mask), so left and right padding both work.
-    pub fn forward(
-        &self,
-        batch: &TokenBatch,
-        mode: ForwardMode,
-        mut cache: Option<&mut KvCache>,
-    ) -> Tensor<3> {
+    pub fn forward(&self, batch: &TokenBatch, mut cache: Option<&mut KvCache>) -> Tensor<3> {
         let device = self.model.embed_tokens.weight.val().device();
         let cfg = self.config();
         let [b, t] = batch.dims;
@@ -287,7 +274,6 @@ impl LlamaForCausalLM {
                 window: cfg.window(),
                 query_offset: past,
             },
-            mode,
         };
         if let Some(c) = cache.as_mut()
             && c.layers.is_empty()
@@ -300,50 +286,46 @@ impl LlamaForCausalLM {
         }
         let x = self.model.norm.forward(x);
         match &self.lm_head {
-            Some(head) => head.forward_mode(x, mode),
+            Some(head) => head.forward(x),
             // tied: the embeddings `[V, hidden]` are already the `[out, in]` weight
             None => balora_adapters::frozen_linear(x, self.model.embed_tokens.weight.val()),
         }
     }
 }
 
+/// The adapter slots, listed once for both visitors: `$iter` is `iter` or `iter_mut`, `$m` is
+/// empty or `mut`.
+macro_rules! slots {
+    ($model:ident, $f:ident, $iter:ident $(, $m:tt)?) => {
+        for (i, l) in $model.model.layers.$iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            $f(&format!("{p}.self_attn.q_proj"), &$($m)? l.self_attn.q_proj);
+            $f(&format!("{p}.self_attn.k_proj"), &$($m)? l.self_attn.k_proj);
+            $f(&format!("{p}.self_attn.v_proj"), &$($m)? l.self_attn.v_proj);
+            $f(&format!("{p}.self_attn.o_proj"), &$($m)? l.self_attn.o_proj);
+            $f(&format!("{p}.mlp.gate_proj"), &$($m)? l.mlp.gate_proj);
+            $f(&format!("{p}.mlp.up_proj"), &$($m)? l.mlp.up_proj);
+            $f(&format!("{p}.mlp.down_proj"), &$($m)? l.mlp.down_proj);
+        }
+        if let Some(head) = &$($m)? $model.lm_head {
+            $f("lm_head", head);
+        }
+    };
+}
+
 impl AdapterSlots for LlamaForCausalLM {
     fn visit_slots(&self, f: &mut dyn FnMut(&str, &LoraLinear)) {
-        for (i, l) in self.model.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            f(&format!("{p}.self_attn.q_proj"), &l.self_attn.q_proj);
-            f(&format!("{p}.self_attn.k_proj"), &l.self_attn.k_proj);
-            f(&format!("{p}.self_attn.v_proj"), &l.self_attn.v_proj);
-            f(&format!("{p}.self_attn.o_proj"), &l.self_attn.o_proj);
-            f(&format!("{p}.mlp.gate_proj"), &l.mlp.gate_proj);
-            f(&format!("{p}.mlp.up_proj"), &l.mlp.up_proj);
-            f(&format!("{p}.mlp.down_proj"), &l.mlp.down_proj);
-        }
-        if let Some(head) = &self.lm_head {
-            f("lm_head", head);
-        }
+        slots!(self, f, iter);
     }
 
     fn visit_slots_mut(&mut self, f: &mut dyn FnMut(&str, &mut LoraLinear)) {
-        for (i, l) in self.model.layers.iter_mut().enumerate() {
-            let p = format!("model.layers.{i}");
-            f(&format!("{p}.self_attn.q_proj"), &mut l.self_attn.q_proj);
-            f(&format!("{p}.self_attn.k_proj"), &mut l.self_attn.k_proj);
-            f(&format!("{p}.self_attn.v_proj"), &mut l.self_attn.v_proj);
-            f(&format!("{p}.self_attn.o_proj"), &mut l.self_attn.o_proj);
-            f(&format!("{p}.mlp.gate_proj"), &mut l.mlp.gate_proj);
-            f(&format!("{p}.mlp.up_proj"), &mut l.mlp.up_proj);
-            f(&format!("{p}.mlp.down_proj"), &mut l.mlp.down_proj);
-        }
-        if let Some(head) = &mut self.lm_head {
-            f("lm_head", head);
-        }
+        slots!(self, f, iter_mut, mut);
     }
 }
 
 impl CausalLm for LlamaForCausalLM {
-    fn logits(&self, batch: &TokenBatch, mode: ForwardMode) -> Tensor<3> {
-        self.forward(batch, mode, None)
+    fn logits(&self, batch: &TokenBatch) -> Tensor<3> {
+        self.forward(batch, None)
     }
 
     fn vocab_size(&self) -> usize {

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use balora_adapters::{ForwardMode, InitMode, LoraConfig, TargetModules, inject};
+use balora_adapters::{InitMode, LoraConfig, TargetModules, inject, teacher};
 use balora_io::tensors::SafetensorsFile;
 use balora_io::{ChatMessage, ChatTemplate, load_tokenizer};
 use balora_llama::LlamaForCausalLM;
@@ -55,7 +55,7 @@ fn check_tiny(case: &str) {
     let file = SafetensorsFile::open(&dir.join("reference.safetensors")).unwrap();
     let batch = fixture_batch(&file, "input_ids", "attention_mask");
     let (want, shape) = floats(&file, "logits");
-    let got = values(model.logits(&batch, ForwardMode::Adapted));
+    let got = values(model.logits(&batch));
     let err = max_err_real(&got, &want, &batch.attention_mask, shape[2]);
     assert!(err <= 1e-4, "{case}: max |Δ logits| = {err:e}");
 }
@@ -116,7 +116,7 @@ fn smollm2_logits_match_transformers() {
     for i in 0..3 {
         let ids = ints(&file, &format!("ids.{i}"));
         let batch = TokenBatch::right_padded(std::slice::from_ref(&ids), 0);
-        let got = values(model.logits(&batch, ForwardMode::Adapted));
+        let got = values(model.logits(&batch));
         let (vals, _) = floats(&file, &format!("top50_values.{i}"));
         let idx = ints(&file, &format!("top50_indices.{i}"));
         let positions: Vec<usize> = (0..ids.len()).collect();
@@ -134,7 +134,7 @@ fn smollm2_logits_match_transformers() {
     }
     // a right-padded batch of two
     let batch = fixture_batch(&file, "batch_input_ids", "batch_attention_mask");
-    let got = values(model.logits(&batch, ForwardMode::Adapted));
+    let got = values(model.logits(&batch));
     let (vals, _) = floats(&file, "batch_top50_values");
     let idx = ints(&file, "batch_top50_indices");
     let positions: Vec<usize> = (0..batch.input_ids.len())
@@ -204,7 +204,7 @@ fn smollm2_greedy_generation_matches_transformers_with_and_without_cache() {
 fn smollm2_adapters_start_from_the_base_model() {
     let (base, dir) = smollm2();
     let batch = TokenBatch::right_padded(&[vec![1, 4093, 198, 1780, 314, 260]], 0);
-    let want = values(base.logits(&batch, ForwardMode::Adapted));
+    let want = values(base.logits(&batch));
     let all = TargetModules::names([
         "q_proj",
         "k_proj",
@@ -222,7 +222,7 @@ fn smollm2_adapters_start_from_the_base_model() {
         let cfg = LoraConfig::new(8, all.clone()).with_init(init);
         let (model, report) = inject(model, &cfg).unwrap();
         assert_eq!(report.adapted.len(), 30 * 7);
-        let got = values(model.logits(&batch, ForwardMode::Adapted));
+        let got = values(model.logits(&batch));
         let err = got
             .iter()
             .zip(&want)
@@ -232,7 +232,7 @@ fn smollm2_adapters_start_from_the_base_model() {
             "{init:?}: adapted logits differ from the base by {err:e}"
         );
         // the teacher is the pretrained model too
-        let teacher = values(model.logits(&batch, ForwardMode::Teacher));
+        let teacher = values(teacher(&model).logits(&batch));
         let err = teacher
             .iter()
             .zip(&want)
@@ -257,7 +257,7 @@ fn pissa_teacher_is_the_pretrained_tiny_model_within_1e_4() {
         let cfg = LoraConfig::new(4, TargetModules::names(["q_proj", "v_proj", "up_proj"]))
             .with_init(init);
         let (model, _) = inject(model, &cfg).unwrap();
-        let teacher = values(model.logits(&batch, ForwardMode::Teacher));
+        let teacher = values(teacher(&model).logits(&batch));
         let err = max_err_real(&teacher, &want, &batch.attention_mask, shape[2]);
         assert!(
             err <= 1e-4,
@@ -385,11 +385,11 @@ fn smollm2_forward_time_4x128() {
         })
         .collect();
     let batch = TokenBatch::right_padded(&seqs, 0);
-    let _ = values(model.logits(&batch, ForwardMode::Adapted).narrow(1, 0, 1));
+    let _ = values(model.logits(&batch).narrow(1, 0, 1));
     let mut times = Vec::new();
     for _ in 0..3 {
         let t = std::time::Instant::now();
-        let _ = values(model.logits(&batch, ForwardMode::Adapted).narrow(1, 0, 1));
+        let _ = values(model.logits(&batch).narrow(1, 0, 1));
         times.push(t.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
@@ -433,13 +433,14 @@ fn balora_term_costs() {
         t[1]
     };
     let lora = median(&mut || {
-        let logits = model.logits(&batch, ForwardMode::Adapted);
+        let logits = model.logits(&batch);
         let _ = causal_lm_loss(logits, &labels).unwrap().backward();
     });
+    let frozen = teacher(&model);
     let teacher = median(&mut || {
-        let _ = values(model.logits(&batch, ForwardMode::Teacher).narrow(1, 0, 1));
+        let _ = values(frozen.logits(&batch).narrow(1, 0, 1));
     });
-    let z = model.logits(&batch, ForwardMode::Teacher);
+    let z = frozen.logits(&batch);
     let mut resp_labels = labels.clone();
     for row in resp_labels.chunks_mut(128) {
         row[..64].fill(-100);

@@ -1,0 +1,220 @@
+//! Architectures by name: the model class a checkpoint's `config.json` `model_type` names, and
+//! peft's default target modules for it — so callers fine-tune any supported checkpoint
+//! without naming its architecture.
+
+use std::path::Path;
+
+use balora_adapters::{AdapterSlots, LoraLinear, SavedParam, SavedParamMut};
+use balora_bert::BertForSequenceClassification;
+use balora_gpt2::Gpt2LmHeadModel;
+use balora_io::HfCheckpoint;
+use balora_llama::LlamaForCausalLM;
+use balora_model::generation::generate_uncached;
+use balora_model::{CausalLm, GenerationConfig, ModelError, TokenBatch};
+use burn::module::Module;
+use burn::tensor::{DType, Device, Tensor};
+
+/// A supported model family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    /// Llama, Mistral, Qwen2, SmolLM (`balora-llama`).
+    Llama,
+    /// GPT-2 (`balora-gpt2`).
+    Gpt2,
+    /// BERT, RoBERTa, MiniLM (`balora-bert`).
+    Bert,
+}
+
+/// The `model_type` values balora reads, for error messages.
+const SUPPORTED: &str = "llama, mistral, qwen2, gpt2, bert, roberta or xlm-roberta";
+
+impl Architecture {
+    /// The family of a `config.json` `model_type`, if supported.
+    pub fn of_model_type(model_type: &str) -> Option<Self> {
+        match model_type {
+            "llama" | "mistral" | "qwen2" => Some(Self::Llama),
+            "gpt2" => Some(Self::Gpt2),
+            "bert" | "roberta" | "xlm-roberta" => Some(Self::Bert),
+            _ => None,
+        }
+    }
+
+    /// The family of the checkpoint in `dir`, from its `config.json`.
+    pub fn detect(dir: &Path) -> Result<Self, ModelError> {
+        #[derive(serde::Deserialize)]
+        struct ModelType {
+            model_type: String,
+        }
+        let checkpoint = HfCheckpoint::open(dir)?;
+        let ModelType { model_type } = checkpoint.config()?;
+        Self::of_model_type(&model_type).ok_or(ModelError::UnsupportedConfig {
+            key: "model_type",
+            value: model_type,
+            expected: SUPPORTED,
+        })
+    }
+
+    /// Whether the family is a decoder language model (else an encoder classifier).
+    pub fn is_causal_lm(self) -> bool {
+        !matches!(self, Self::Bert)
+    }
+
+    /// peft's default `target_modules` for the family (its
+    /// `TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`): the attention's query and value
+    /// projections.
+    pub fn peft_default_targets(self) -> &'static [&'static str] {
+        match self {
+            Self::Llama => &["q_proj", "v_proj"],
+            Self::Gpt2 => &["c_attn"],
+            Self::Bert => &["query", "value"],
+        }
+    }
+
+    /// Every linear layer but the output head (peft's `target_modules="all-linear"`), the
+    /// targets QLoRA and PiSSA's recipes adapt.
+    pub fn all_linear_targets(self) -> &'static [&'static str] {
+        match self {
+            Self::Llama => &[
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+            ],
+            Self::Gpt2 => &["c_attn", "c_proj", "c_fc"],
+            Self::Bert => &["query", "key", "value", "dense"],
+        }
+    }
+}
+
+/// A causal language model of any supported family, loaded by `model_type`.
+#[derive(Module, Debug)]
+pub enum AutoCausalLm {
+    /// A Llama-family model.
+    Llama(LlamaForCausalLM),
+    /// GPT-2.
+    Gpt2(Gpt2LmHeadModel),
+}
+
+impl AutoCausalLm {
+    /// Load the checkpoint in `dir` as its family's model, frozen, weights cast to `dtype`.
+    pub fn from_pretrained(dir: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+        match Architecture::detect(dir)? {
+            Architecture::Llama => Ok(Self::Llama(LlamaForCausalLM::from_pretrained(
+                dir, device, dtype,
+            )?)),
+            Architecture::Gpt2 => Ok(Self::Gpt2(Gpt2LmHeadModel::from_pretrained(
+                dir, device, dtype,
+            )?)),
+            Architecture::Bert => Err(ModelError::UnsupportedConfig {
+                key: "model_type",
+                value: "an encoder (bert/roberta)".into(),
+                expected: "a decoder for a causal LM (llama, mistral, qwen2, gpt2); \
+                           encoders fine-tune as sequence classifiers",
+            }),
+        }
+    }
+
+    /// The family.
+    pub fn architecture(&self) -> Architecture {
+        match self {
+            Self::Llama(_) => Architecture::Llama,
+            Self::Gpt2(_) => Architecture::Gpt2,
+        }
+    }
+
+    /// End-of-sequence ids from `config.json`.
+    pub fn eos_ids(&self) -> Vec<u32> {
+        match self {
+            Self::Llama(m) => m.config().eos_ids(),
+            Self::Gpt2(m) => m.config().eos_token_id.into_iter().collect(),
+        }
+    }
+
+    /// The padding id from `config.json`, if it names one.
+    pub fn pad_id(&self) -> Option<u32> {
+        match self {
+            Self::Llama(m) => m.config().pad_token_id,
+            Self::Gpt2(_) => None,
+        }
+    }
+
+    /// Generate after `prompt` (with the KV cache where the family has one); returns the new
+    /// tokens.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        config: &GenerationConfig,
+    ) -> Result<Vec<u32>, ModelError> {
+        match self {
+            Self::Llama(m) => m.generate(prompt, config, true),
+            Self::Gpt2(m) => generate_uncached(m, prompt, config),
+        }
+    }
+}
+
+impl AdapterSlots for AutoCausalLm {
+    fn visit_slots(&self, f: &mut dyn FnMut(&str, &LoraLinear)) {
+        match self {
+            Self::Llama(m) => m.visit_slots(f),
+            Self::Gpt2(m) => m.visit_slots(f),
+        }
+    }
+
+    fn visit_slots_mut(&mut self, f: &mut dyn FnMut(&str, &mut LoraLinear)) {
+        match self {
+            Self::Llama(m) => m.visit_slots_mut(f),
+            Self::Gpt2(m) => m.visit_slots_mut(f),
+        }
+    }
+
+    fn fan_in_fan_out(&self) -> bool {
+        match self {
+            Self::Llama(m) => m.fan_in_fan_out(),
+            Self::Gpt2(m) => m.fan_in_fan_out(),
+        }
+    }
+
+    fn modules_to_save(&self) -> Vec<String> {
+        match self {
+            Self::Llama(m) => m.modules_to_save(),
+            Self::Gpt2(m) => m.modules_to_save(),
+        }
+    }
+
+    fn visit_saved_modules(&self, f: &mut dyn FnMut(&str, SavedParam<'_>)) {
+        match self {
+            Self::Llama(m) => m.visit_saved_modules(f),
+            Self::Gpt2(m) => m.visit_saved_modules(f),
+        }
+    }
+
+    fn visit_saved_modules_mut(&mut self, f: &mut dyn FnMut(&str, SavedParamMut<'_>)) {
+        match self {
+            Self::Llama(m) => m.visit_saved_modules_mut(f),
+            Self::Gpt2(m) => m.visit_saved_modules_mut(f),
+        }
+    }
+}
+
+impl CausalLm for AutoCausalLm {
+    fn logits(&self, batch: &TokenBatch) -> Tensor<3> {
+        match self {
+            Self::Llama(m) => m.logits(batch),
+            Self::Gpt2(m) => m.logits(batch),
+        }
+    }
+
+    fn vocab_size(&self) -> usize {
+        match self {
+            Self::Llama(m) => m.vocab_size(),
+            Self::Gpt2(m) => m.vocab_size(),
+        }
+    }
+}
+
+/// The sequence classifier of any supported encoder family (BERT, RoBERTa, MiniLM): see
+/// [`BertForSequenceClassification::from_pretrained`].
+pub type AutoSequenceClassifier = BertForSequenceClassification;

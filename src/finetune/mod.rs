@@ -1,0 +1,662 @@
+//! Fine-tuning runs: a [`FinetuneConfig`] in; the adapter in PEFT's format (`adapter/`),
+//! `metrics.jsonl`, `timing.jsonl`, `loss.png`, `summary.json`, the latest checkpoint and an
+//! optional merged checkpoint out. The architecture comes from the checkpoint
+//! ([`crate::auto`]), the method's parts from [`Method`], the loop from [`Trainer`] — this is
+//! what the `finetune` example (and an experiment grid) runs.
+
+mod config;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use balora_adapters::{
+    AdapterError, AdapterSlots, InjectionReport, LoraConfig, TargetModules, clear_variants, inject,
+};
+use balora_bert::BertForSequenceClassification;
+use balora_io::{
+    ChatTemplate, IoError, MergeOptions, SaveOptions, TaskType, load_adapter, load_tokenizer,
+    save_adapter, save_merged,
+};
+use balora_losses::{LossError, Task};
+use balora_model::{GenerationConfig, ModelError, SequenceClassifier};
+use balora_train::data::{
+    Example, LabelSet, PromptFormat, collate, read_nlg_jsonl, read_nlu, tokenize_nlg, tokenize_nlu,
+};
+use balora_train::eval::{answer_matches, classification_metrics};
+use balora_train::metrics::peak_rss_mb;
+use balora_train::schedule::LrSchedule;
+use balora_train::{
+    LoopConfig, Method, NlgObjective, NluObjective, Objective, RunSummary, TorchAdamWConfig,
+    TrainError, Trainer,
+};
+use burn::module::Module;
+use burn::tensor::{DType, Device};
+use serde::{Deserialize, Serialize};
+
+use crate::auto::{Architecture, AutoCausalLm};
+use crate::device::{DeviceError, parse_device};
+
+pub use config::{
+    DtypeName, FinetuneConfig, MethodName, Preset, ScheduleName, TaskKind, TeacherSource,
+};
+
+/// A run could not be set up or did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum FinetuneError {
+    /// A setting no run can use.
+    #[error("invalid setting {key} = {value}: {reason}")]
+    Setting {
+        /// The setting.
+        key: &'static str,
+        /// Its value.
+        value: String,
+        /// Why.
+        reason: String,
+    },
+    /// The device.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// Loading or running the model.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Files.
+    #[error(transparent)]
+    Io(#[from] IoError),
+    /// Data, the loop, checkpoints.
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    /// The adapter config.
+    #[error(transparent)]
+    Adapter(#[from] AdapterError),
+    /// The regularisers.
+    #[error(transparent)]
+    Loss(#[from] LossError),
+}
+
+fn setting(key: &'static str, value: impl fmt::Display, reason: &str) -> FinetuneError {
+    FinetuneError::Setting {
+        key,
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Held-out scores: accuracy always, macro-F1 and MCC for classification.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Scores {
+    /// Fraction correct.
+    pub accuracy: f64,
+    /// Macro-averaged F1 (classification).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub macro_f1: Option<f64>,
+    /// Matthews correlation (classification).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcc: Option<f64>,
+}
+
+impl fmt::Display for Scores {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "accuracy {:.1}%", 100.0 * self.accuracy)?;
+        if let Some(v) = self.macro_f1 {
+            write!(f, ", macro-F1 {v:.3}")?;
+        }
+        if let Some(v) = self.mcc {
+            write!(f, ", MCC {v:.3}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a run did: `summary.json` in the run directory ([`FinetuneReport::read`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinetuneReport {
+    /// The task.
+    pub task: TaskKind,
+    /// The method.
+    pub method: MethodName,
+    /// Optimizer steps done in total (0 for an evaluation only).
+    pub steps: usize,
+    /// Layers that received an adapter.
+    pub adapted_layers: usize,
+    /// Trainable adapter parameters (a classifier head not counted).
+    pub trainable_params: usize,
+    /// Held-out examples evaluated.
+    pub eval_examples: usize,
+    /// Scores before fine-tuning (`None` for an evaluation only).
+    pub eval_before: Option<Scores>,
+    /// Scores of the trained (or loaded) adapter.
+    pub eval_after: Scores,
+    /// Mean tokens per second of this process's steps.
+    pub tokens_per_s: f64,
+    /// Peak resident memory of the process.
+    pub peak_rss_mb: f64,
+    /// The last step's total loss.
+    pub final_loss: Option<f64>,
+    /// The run directory.
+    pub output: PathBuf,
+}
+
+/// The run directory's `summary.json`.
+pub const SUMMARY: &str = "summary.json";
+
+impl FinetuneReport {
+    /// Read a run's `summary.json`.
+    pub fn read(path: &Path) -> Result<Self, IoError> {
+        serde_json::from_slice(&balora_io::fs::read(path)?).map_err(|source| IoError::Json {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    fn write(&self, path: &Path) -> Result<(), IoError> {
+        let json = serde_json::to_vec_pretty(self).map_err(|source| IoError::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        balora_io::fs::atomic_write(path, &json)
+    }
+}
+
+/// Run `config`: train (or, with `eval_only`, evaluate) and write the run directory.
+/// `notes` receives what a user should see along the way (scores before training, truncated
+/// examples, the adapter's size); the progress bar draws itself.
+pub fn finetune(
+    config: &FinetuneConfig,
+    notes: &mut dyn FnMut(&str),
+) -> Result<FinetuneReport, FinetuneError> {
+    let run = Run::new(config)?;
+    match config.task {
+        TaskKind::Nlg => run.nlg(notes),
+        TaskKind::Nlu => run.nlu(notes),
+    }
+}
+
+/// How a run ended, for [`Run::finish`].
+struct Outcome<'r> {
+    /// The trained adapter's config, injection and task type (`None`: an evaluation only).
+    adapter: Option<(&'r LoraConfig, &'r InjectionReport, TaskType)>,
+    summary: Option<&'r RunSummary>,
+    eval_examples: usize,
+    before: Option<Scores>,
+    after: Scores,
+    merge: MergeOptions,
+}
+
+impl<'r> Outcome<'r> {
+    fn evaluated(eval_examples: usize, after: Scores, merge: MergeOptions) -> Self {
+        Self {
+            adapter: None,
+            summary: None,
+            eval_examples,
+            before: None,
+            after,
+            merge,
+        }
+    }
+}
+
+/// A run's resolved settings.
+struct Run<'a> {
+    config: &'a FinetuneConfig,
+    device: Device,
+    dtype: DType,
+    model_dir: PathBuf,
+    train: PathBuf,
+    eval: PathBuf,
+    output: PathBuf,
+    method: Method,
+    architecture: Architecture,
+}
+
+fn required(path: &Option<PathBuf>, key: &'static str) -> Result<PathBuf, FinetuneError> {
+    path.clone()
+        .ok_or_else(|| setting(key, "none", "a path is required"))
+}
+
+impl<'a> Run<'a> {
+    fn new(config: &'a FinetuneConfig) -> Result<Self, FinetuneError> {
+        let task = match config.task {
+            TaskKind::Nlg => Task::Nlg,
+            TaskKind::Nlu => Task::Nlu,
+        };
+        let checkpoint_teacher = config.teacher == TeacherSource::Checkpoint;
+        if !checkpoint_teacher && let Some(dir) = &config.teacher_model {
+            return Err(setting(
+                "teacher_model",
+                dir.display(),
+                "only read with teacher = checkpoint",
+            ));
+        }
+        if checkpoint_teacher
+            && (config.task != TaskKind::Nlg || config.method != MethodName::Balora)
+        {
+            return Err(setting(
+                "teacher",
+                "checkpoint",
+                "applies to method balora on task nlg (a classifier's new head has no \
+                 pretrained teacher)",
+            ));
+        }
+        let mut method = Method::from_name(
+            config.method.as_str(),
+            task,
+            config.pissa_niter,
+            config.preset.as_str(),
+        )?;
+        if let Some(r) = method.regularizers_mut() {
+            r.lambda_consistency = config.lambda_consistency.unwrap_or(r.lambda_consistency);
+            r.lambda_diversity = config.lambda_diversity.unwrap_or(r.lambda_diversity);
+            r.lambda_svd = config.lambda_svd.unwrap_or(r.lambda_svd);
+        }
+        let device = parse_device(&config.device, true)?;
+        let dtype = match config.dtype {
+            DtypeName::F32 => DType::F32,
+            DtypeName::Bf16 if device.supports_dtype(DType::BF16) => DType::BF16,
+            DtypeName::Bf16 => {
+                return Err(setting("dtype", "bf16", "this device does not support it"));
+            }
+        };
+        let model_dir = required(&config.model, "model")?;
+        let architecture = Architecture::detect(&model_dir)?;
+        if architecture.is_causal_lm() != (config.task == TaskKind::Nlg) {
+            return Err(setting(
+                "task",
+                config.task,
+                &format!(
+                    "{} is a {:?} checkpoint: nlg needs a decoder (llama, gpt2), nlu an \
+                     encoder (bert, roberta)",
+                    model_dir.display(),
+                    architecture
+                ),
+            ));
+        }
+        let output = config
+            .output
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("runs/{}-{}", config.task, config.method)));
+        std::fs::create_dir_all(&output).map_err(|source| IoError::Fs {
+            path: output.clone(),
+            source,
+        })?;
+        Ok(Self {
+            config,
+            device,
+            dtype,
+            train: required(&config.train, "train")?,
+            eval: required(&config.eval, "eval")?,
+            model_dir,
+            output,
+            method,
+            architecture,
+        })
+    }
+
+    /// The adapter: rank, α (default 2r), targets (default every linear layer), the method's
+    /// initialisation and variant, the run's seed.
+    fn adapter_config(&self) -> Result<LoraConfig, FinetuneError> {
+        let c = self.config;
+        let targets = match &c.target_modules {
+            Some(t) if c.target_regex => TargetModules::Regex(t.clone()),
+            Some(t) => TargetModules::names(t.split(',').map(str::trim).filter(|s| !s.is_empty())),
+            None => TargetModules::names(self.architecture.all_linear_targets().iter().copied()),
+        };
+        let config = self.method.adapter_config(
+            LoraConfig::new(c.rank, targets)
+                .with_lora_alpha(c.alpha.unwrap_or(2.0 * c.rank as f64))
+                .with_use_rslora(c.rslora)
+                .with_lora_dropout(c.dropout)
+                .with_seed(c.seed),
+        );
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The loop over `examples` training examples: `max_steps`, else `epochs` over the data,
+    /// else a short demonstration run of 20 steps (a few minutes on two CPU cores).
+    fn loop_config(&self, examples: usize, lr: f64, batch_size: usize) -> LoopConfig {
+        let c = self.config;
+        let batch_size = c.batch_size.unwrap_or(batch_size);
+        let max_steps = match (c.max_steps, c.epochs) {
+            (Some(steps), _) => steps,
+            (None, Some(epochs)) => ((examples as f64 * epochs)
+                / (batch_size * c.grad_accum) as f64)
+                .ceil()
+                .max(1.0) as usize,
+            (None, None) => 20,
+        };
+        LoopConfig {
+            lr: c.lr.unwrap_or(lr),
+            schedule: match c.schedule {
+                ScheduleName::Cosine => LrSchedule::Cosine,
+                ScheduleName::Linear => LrSchedule::Linear,
+                ScheduleName::Constant => LrSchedule::Constant,
+            },
+            warmup_ratio: c.warmup_ratio,
+            adamw: TorchAdamWConfig {
+                beta1: c.beta1,
+                beta2: c.beta2,
+                eps: c.eps,
+                weight_decay: c.weight_decay,
+            },
+            batch_size,
+            grad_accum: c.grad_accum,
+            max_grad_norm: Some(c.max_grad_norm).filter(|v| *v > 0.0),
+            max_steps,
+            save_every: c.save_every,
+            seed: c.seed,
+            stop_at_step: c.stop_at_step,
+        }
+    }
+
+    /// Train with the standard observers, resuming when asked.
+    fn train<M, O>(
+        &self,
+        model: M,
+        objective: O,
+        examples: Vec<Example>,
+        pad: u32,
+        loop_config: LoopConfig,
+    ) -> Result<(M, RunSummary), FinetuneError>
+    where
+        M: Module + AdapterSlots,
+        O: Objective<M>,
+    {
+        let mut trainer = Trainer::new(
+            model,
+            objective,
+            examples,
+            pad,
+            loop_config,
+            &self.output,
+            &self.device,
+        )?
+        .with_default_observers();
+        if self.config.resume {
+            trainer.resume()?;
+        }
+        let (mut model, summary) = trainer.fit()?;
+        clear_variants(&mut model);
+        Ok((model, summary))
+    }
+
+    /// Save the adapter and `summary.json`; export the merged checkpoint when asked.
+    fn finish<M: AdapterSlots>(
+        &self,
+        model: &M,
+        outcome: Outcome<'_>,
+        notes: &mut dyn FnMut(&str),
+    ) -> Result<FinetuneReport, FinetuneError> {
+        let Outcome {
+            adapter,
+            summary,
+            eval_examples,
+            before,
+            after,
+            merge,
+        } = outcome;
+        if let Some((cfg, _, task_type)) = adapter {
+            let options = SaveOptions {
+                base_model_name_or_path: Some(self.model_dir.display().to_string()),
+                task_type: Some(task_type),
+                ..SaveOptions::default()
+            };
+            save_adapter(model, cfg, &self.output.join("adapter"), &options)?;
+        }
+        if let Some(dir) = &self.config.merge_to {
+            let m = save_merged(model, &self.model_dir, dir, &merge)?;
+            notes(&format!(
+                "merged checkpoint: {} updated weights, {} shard(s), {:.0} MB in {}",
+                m.merged,
+                m.shards.len(),
+                m.total_bytes as f64 / 1e6,
+                dir.display()
+            ));
+        }
+        let report = FinetuneReport {
+            task: self.config.task,
+            method: self.config.method,
+            steps: summary.map_or(0, |s| s.steps),
+            adapted_layers: adapter.map_or(0, |(_, r, _)| r.adapted.len()),
+            trainable_params: adapter.map_or(0, |(_, r, _)| r.trainable_params),
+            eval_examples,
+            eval_before: before,
+            eval_after: after,
+            tokens_per_s: summary.map_or(0.0, |s| s.tokens_per_s),
+            peak_rss_mb: peak_rss_mb().unwrap_or(0.0),
+            final_loss: summary.and_then(|s| s.last.as_ref().map(|m| m.loss)),
+            output: self.output.clone(),
+        };
+        if adapter.is_some() {
+            report.write(&self.output.join(SUMMARY))?;
+        }
+        Ok(report)
+    }
+
+    fn adapted_note(&self, report: &InjectionReport, seconds: f64) -> String {
+        format!(
+            "{}: {} adapted layers, {} trainable parameters, initialised in {seconds:.2} s",
+            self.config.method,
+            report.adapted.len(),
+            report.trainable_params
+        )
+    }
+
+    fn nlg(&self, notes: &mut dyn FnMut(&str)) -> Result<FinetuneReport, FinetuneError> {
+        let c = self.config;
+        let tokenizer = load_tokenizer(&self.model_dir)?;
+        let format = match ChatTemplate::load(&self.model_dir)? {
+            Some(t) => PromptFormat::Chat(t),
+            None => PromptFormat::Alpaca,
+        };
+        let mut base = AutoCausalLm::from_pretrained(&self.model_dir, &self.device, self.dtype)?;
+        let eos = *base.eos_ids().first().ok_or_else(|| {
+            setting(
+                "model",
+                self.model_dir.display(),
+                "config.json has no eos_token_id",
+            )
+        })?;
+        let pad = base.pad_id().unwrap_or(eos);
+        let mut eval_records = read_nlg_jsonl(&self.eval)?;
+        eval_records.truncate(c.eval_limit.unwrap_or(8));
+        let evaluate = |model: &AutoCausalLm| -> Result<Scores, FinetuneError> {
+            let model = model.valid();
+            let mut correct = 0;
+            for r in &eval_records {
+                let prompt = format.prompt_ids(&tokenizer, r)?;
+                let out = model.generate(&prompt, &GenerationConfig::greedy(48, vec![eos]))?;
+                let text = tokenizer
+                    .decode(&out, true)
+                    .map_err(|e| TrainError::Tokenizer(e.to_string()))?;
+                let gold = r.answer.as_ref().unwrap_or(&r.response);
+                correct += usize::from(answer_matches(&text, gold));
+            }
+            Ok(Scores {
+                accuracy: correct as f64 / eval_records.len().max(1) as f64,
+                macro_f1: None,
+                mcc: None,
+            })
+        };
+        let n_eval = eval_records.len();
+        if let Some(adapter) = &c.eval_only {
+            load_adapter(&mut base, adapter)?;
+            let after = evaluate(&base)?;
+            let outcome = Outcome::evaluated(n_eval, after, MergeOptions::default());
+            return self.finish(&base, outcome, notes);
+        }
+        let mut records = read_nlg_jsonl(&self.train)?;
+        records.truncate(c.train_limit.unwrap_or(usize::MAX));
+        let max_len = c.max_len.unwrap_or(256);
+        let (examples, truncated) = tokenize_nlg(&records, &tokenizer, &format, max_len, eos)?;
+        if truncated > 0 {
+            notes(&format!(
+                "warning: {truncated} of {} examples were truncated to {max_len} tokens",
+                records.len()
+            ));
+        }
+        let teacher = match c.teacher {
+            TeacherSource::Checkpoint => {
+                let dir = c.teacher_model.as_ref().unwrap_or(&self.model_dir);
+                notes(&format!(
+                    "teacher: a second model loaded from {}",
+                    dir.display()
+                ));
+                Some(AutoCausalLm::from_pretrained(
+                    dir,
+                    &self.device,
+                    self.dtype,
+                )?)
+            }
+            TeacherSource::Adapter => None,
+        };
+        let cfg = self.adapter_config()?;
+        let lc = self.loop_config(examples.len(), 2e-4, 4);
+        let before = evaluate(&base)?;
+        notes(&format!("before fine-tuning: {before} ({n_eval} problems)"));
+        let t0 = Instant::now();
+        let (model, report) = inject(base, &cfg)?;
+        notes(&self.adapted_note(&report, t0.elapsed().as_secs_f64()));
+        let objective = match (self.method.regularizer(lc.max_steps)?, teacher) {
+            (Some(loss), Some(teacher)) => NlgObjective::with_teacher(loss, teacher),
+            (balora, _) => NlgObjective::new(balora, &model),
+        };
+        let (model, summary) = self.train(model, objective, examples, pad, lc)?;
+        let outcome = Outcome {
+            adapter: Some((&cfg, &report, TaskType::CausalLm)),
+            summary: Some(&summary),
+            eval_examples: n_eval,
+            before: Some(before),
+            after: evaluate(&model)?,
+            merge: MergeOptions::default(),
+        };
+        self.finish(&model, outcome, notes)
+    }
+
+    fn nlu(&self, notes: &mut dyn FnMut(&str)) -> Result<FinetuneReport, FinetuneError> {
+        let c = self.config;
+        let tokenizer = load_tokenizer(&self.model_dir)?;
+        let mut train_records = read_nlu(&self.train)?;
+        train_records.truncate(c.train_limit.unwrap_or(usize::MAX));
+        let labels = LabelSet::from_records(&train_records);
+        let mut eval_records = read_nlu(&self.eval)?;
+        eval_records.truncate(c.eval_limit.unwrap_or(500));
+        let max_len = c.max_len.unwrap_or(128);
+        let (examples, _) =
+            tokenize_nlu(&train_records, &tokenizer, &labels, max_len, &self.train)?;
+        let (eval_examples, _) =
+            tokenize_nlu(&eval_records, &tokenizer, &labels, max_len, &self.eval)?;
+        let mut base = BertForSequenceClassification::from_pretrained(
+            &self.model_dir,
+            Some(labels.len()),
+            c.seed,
+            &self.device,
+            self.dtype,
+        )?;
+        let evaluate = |model: &BertForSequenceClassification| {
+            let model = model.valid();
+            let (mut predicted, mut gold) = (Vec::new(), Vec::new());
+            for chunk in eval_examples.chunks(32) {
+                let refs: Vec<_> = chunk.iter().collect();
+                let (batch, y) = collate(&refs, 0, false);
+                let logits = model.logits(&batch);
+                let pred = logits.argmax(1).into_data();
+                predicted.extend(pred.iter::<i64>().map(|p| p as usize));
+                gold.extend(y.iter().map(|&g| g as usize));
+            }
+            let m = classification_metrics(&predicted, &gold, labels.len());
+            Scores {
+                accuracy: m.accuracy,
+                macro_f1: Some(m.macro_f1),
+                mcc: Some(m.mcc),
+            }
+        };
+        let n_eval = eval_examples.len();
+        let merge = classifier_config(&base, &labels);
+        if let Some(adapter) = &c.eval_only {
+            load_adapter(&mut base, adapter)?;
+            let after = evaluate(&base);
+            return self.finish(&base, Outcome::evaluated(n_eval, after, merge), notes);
+        }
+        let cfg = self.adapter_config()?;
+        let lc = self.loop_config(examples.len(), 5e-4, 16);
+        let before = evaluate(&base);
+        notes(&format!("before fine-tuning: {before}"));
+        let t0 = Instant::now();
+        let (model, report) = inject(base, &cfg)?;
+        notes(&self.adapted_note(&report, t0.elapsed().as_secs_f64()));
+        let objective = NluObjective::new(self.method.regularizer(lc.max_steps)?, &model);
+        let (model, summary) = self.train(model, objective, examples, 0, lc)?;
+        let outcome = Outcome {
+            adapter: Some((&cfg, &report, TaskType::SeqCls)),
+            summary: Some(&summary),
+            eval_examples: n_eval,
+            before: Some(before),
+            after: evaluate(&model),
+            merge,
+        };
+        self.finish(&model, outcome, notes)
+    }
+}
+
+/// The merged classifier's `config.json` names its task class and the trained labels.
+fn classifier_config(model: &BertForSequenceClassification, labels: &LabelSet) -> MergeOptions {
+    let class = if model.config().model_type == "bert" {
+        "BertForSequenceClassification"
+    } else {
+        "RobertaForSequenceClassification"
+    };
+    let names = labels.names().iter().enumerate();
+    let id2label: serde_json::Map<_, _> = names
+        .clone()
+        .map(|(i, n)| (i.to_string(), n.clone().into()))
+        .collect();
+    let label2id: serde_json::Map<_, _> = names.map(|(i, n)| (n.clone(), i.into())).collect();
+    let mut options = MergeOptions::default();
+    for (k, v) in [
+        ("architectures", serde_json::json!([class])),
+        ("id2label", id2label.into()),
+        ("label2id", label2id.into()),
+    ] {
+        options.config_overrides.insert(k.into(), v);
+    }
+    options
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(config: FinetuneConfig) -> String {
+        let e = finetune(&config, &mut |_| {}).expect_err("the setting must be refused");
+        e.to_string()
+    }
+
+    #[test]
+    fn settings_no_run_can_use_are_refused_before_anything_loads() {
+        let e = refused(FinetuneConfig {
+            device: "tpu".into(),
+            ..FinetuneConfig::default()
+        });
+        assert!(e.contains("tpu") && e.contains("cuda"), "{e}");
+        let e = refused(FinetuneConfig {
+            task: TaskKind::Nlu,
+            teacher: TeacherSource::Checkpoint,
+            ..FinetuneConfig::default()
+        });
+        assert!(e.contains("task nlg"), "{e}");
+        let e = refused(FinetuneConfig {
+            teacher_model: Some("base".into()),
+            ..FinetuneConfig::default()
+        });
+        assert!(e.contains("teacher_model = base"), "{e}");
+        let e = refused(FinetuneConfig {
+            task: TaskKind::Nlu,
+            preset: Preset::Iclr2026,
+            ..FinetuneConfig::default()
+        });
+        assert!(e.contains("iclr2026"), "{e}");
+        let e = refused(FinetuneConfig::default());
+        assert!(e.contains("model") && e.contains("required"), "{e}");
+    }
+}
