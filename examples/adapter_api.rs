@@ -1,6 +1,7 @@
-//! The README's "Adapter API" example as a program: load a checkpoint by its `model_type`,
-//! inject PiSSA adapters, train them with BA-LoRA for a few steps, save a PEFT adapter and
-//! load it back. CI runs it; a unit test keeps the README's copy identical to the block below.
+//! The README's code as a program: load a checkpoint by its `model_type`, inject PiSSA
+//! adapters, train them with BA-LoRA for a few steps, save a PEFT adapter and load it back;
+//! then one BA-LoRA loss by hand and a model loaded by its class. CI runs it; a unit test
+//! keeps every README code block identical to its marked block here.
 //!
 //! ```text
 //! cargo run --example adapter_api [-- MODEL_DIR]   # default: the tiny Llama test fixture
@@ -32,7 +33,7 @@ fn main() -> Result<()> {
         })
         .collect();
     let pad = 0;
-    // README: begin
+    // README: adapter
     use balora::adapters::{InitMode, LoraConfig, TargetModules, inject};
     use balora::auto::AutoCausalLm;
     use balora::burn::tensor::DType;
@@ -59,6 +60,8 @@ fn main() -> Result<()> {
     let (model, summary) = trainer.with_default_observers().fit()?; // metrics.jsonl, loss.png
     save_adapter(&model, &config, &adapter, &SaveOptions::default())?; // peft-loadable
     // README: end
+    regularisers_by_hand(model.clone())?;
+    by_class(dir)?;
     let first = balora::train::metrics::read_metrics::<balora::train::metrics::StepMetrics>(
         &run.join("metrics.jsonl"),
     )?;
@@ -76,28 +79,68 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// One BA-LoRA loss and its backward outside the trainer.
+fn regularisers_by_hand(model: balora::auto::AutoCausalLm) -> Result<()> {
+    let batch = TokenBatch::right_padded(&[vec![5, 9, 17, 33, 2, 8], vec![4, 40, 10]], 0);
+    let labels: Vec<i64> = batch.input_ids.iter().map(|&t| t as i64).collect();
+    let (total_steps, step) = (10, 5);
+    // README: regularisers
+    use balora::losses::{BaLoraLoss, RegularizerConfig};
+
+    let reg = RegularizerConfig::iclr2026(); // or ::paper(Task::Nlg) (the default preset)
+    let loss_fn = BaLoraLoss::new(reg.with_svd_k(2), total_steps)?;
+    let frozen = balora::adapters::teacher(&model); // take it before training starts
+    let logits = model.logits(&batch); // [B, T, V]
+    // the shifted causal-LM cross-entropy (−100 ignored) and every term in one vocabulary pass
+    let out = loss_fn.nlg_causal_lm(step, logits, &labels, || frozen.logits(&batch))?;
+    out.loss.backward(); // out.terms.{consistency, diversity, svd, lambdas, skipped} to log
+    // README: end
+    Ok(())
+}
+
+/// A model by its class rather than by `model_type`.
+fn by_class(dir: &str) -> Result<()> {
+    let device = balora::burn::tensor::Device::flex();
+    // README: models
+    use balora::burn::tensor::DType;
+    use balora::models::llama::LlamaForCausalLM;
+
+    let model = LlamaForCausalLM::from_pretrained(dir.as_ref(), &device, DType::F32)?;
+    // README: end
+    ensure!(model.config().vocab_size > 0);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
-    /// The README shows exactly the lines between the markers above.
+    /// Every README code block marked `// examples/adapter_api.rs: NAME` is, line for line,
+    /// this file's block between `// README: NAME` and `// README: end`.
     #[test]
     fn the_readme_shows_this_example() {
-        let this = include_str!("adapter_api.rs");
-        let block = |text: &'static str, begin: &str, end: &str| -> Vec<&'static str> {
-            let start = text.find(begin).expect("begin marker") + begin.len();
-            let stop = start + text[start..].find(end).expect("end marker");
-            text[start..stop]
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect()
+        let lines = |text: &str| -> Vec<String> {
+            let lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+            lines.map(String::from).collect()
         };
-        let ours = block(this, "// README: begin", "// README: end");
+        let this = include_str!("adapter_api.rs");
         let readme = include_str!("../README.md");
-        let marker = "// examples/adapter_api.rs (CI runs it; a test keeps this copy identical)";
-        let theirs = block(readme, marker, "```");
-        assert_eq!(
-            ours, theirs,
-            "README's adapter example drifted from examples/adapter_api.rs"
-        );
+        let tag = "// examples/adapter_api.rs: ";
+        let mut checked = 0;
+        for block in readme.split("```rust\n").skip(1) {
+            let block = &block[..block.find("```").expect("a closed code block")];
+            let (first, body) = block.split_once('\n').unwrap_or((block, ""));
+            let name = first.strip_prefix(tag).unwrap_or_else(|| {
+                panic!("README code block not taken from this example: {first}")
+            });
+            let begin = format!("// README: {name}\n");
+            let start = this.find(&begin).expect("the marker") + begin.len();
+            let end = start + this[start..].find("// README: end").expect("its end");
+            assert_eq!(
+                lines(&this[start..end]),
+                lines(body),
+                "README block {name} drifted"
+            );
+            checked += 1;
+        }
+        assert_eq!(checked, 3, "README code blocks checked");
     }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use balora_adapters::{AdapterSlots, LoraLinear, SavedParam, SavedParamMut};
 use balora_bert::BertForSequenceClassification;
 use balora_gpt2::Gpt2LmHeadModel;
-use balora_io::HfCheckpoint;
+use balora_io::{IoError, MODEL_CONFIG};
 use balora_llama::LlamaForCausalLM;
 use balora_model::generation::generate_uncached;
 use balora_model::{CausalLm, GenerationConfig, ModelError, TokenBatch};
@@ -45,8 +45,9 @@ impl Architecture {
         struct ModelType {
             model_type: String,
         }
-        let checkpoint = HfCheckpoint::open(dir)?;
-        let ModelType { model_type } = checkpoint.config()?;
+        let path = dir.join(MODEL_CONFIG);
+        let ModelType { model_type } = serde_json::from_slice(&balora_io::fs::read(&path)?)
+            .map_err(|source| IoError::Json { path, source })?;
         Self::of_model_type(&model_type).ok_or(ModelError::UnsupportedConfig {
             key: "model_type",
             value: model_type,
@@ -90,6 +91,9 @@ impl Architecture {
 }
 
 /// A causal language model of any supported family, loaded by `model_type`.
+// A model is built once and moved a few times: the variants' size difference (the Llama
+// config's fields) costs nothing worth a Box in every module path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum AutoCausalLm {
     /// A Llama-family model.
@@ -218,3 +222,57 @@ impl CausalLm for AutoCausalLm {
 /// The sequence classifier of any supported encoder family (BERT, RoBERTa, MiniLM): see
 /// [`BertForSequenceClassification::from_pretrained`].
 pub type AutoSequenceClassifier = BertForSequenceClassification;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use balora_testkit::{fixture, max_abs_diff};
+
+    #[test]
+    fn the_architecture_comes_from_model_type() {
+        for (dir, want) in [
+            ("tiny-llama", Architecture::Llama),
+            ("tiny-mistral", Architecture::Llama),
+            ("tiny-qwen2", Architecture::Llama),
+            ("tiny-gpt2", Architecture::Gpt2),
+            ("tiny-bert-cls", Architecture::Bert),
+            ("tiny-roberta-cls", Architecture::Bert),
+        ] {
+            let got = Architecture::detect(&fixture(&format!("models/{dir}"))).unwrap();
+            assert_eq!(got, want, "{dir}");
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join(MODEL_CONFIG), r#"{"model_type": "t5"}"#).unwrap();
+        let e = Architecture::detect(tmp.path()).unwrap_err().to_string();
+        assert!(e.contains("\"t5\"") && e.contains("gpt2"), "{e}");
+        let e = AutoCausalLm::from_pretrained(
+            &fixture("models/tiny-bert-cls"),
+            &Device::flex(),
+            DType::F32,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("encoder"), "{e}");
+    }
+
+    #[test]
+    fn the_auto_model_is_its_family_class() {
+        let device = Device::flex();
+        let batch = TokenBatch::right_padded(&[vec![5, 9, 17, 33], vec![4, 40]], 0);
+        let config = GenerationConfig::greedy(3, Vec::new());
+        let dir = fixture("models/tiny-llama");
+        let auto = AutoCausalLm::from_pretrained(&dir, &device, DType::F32).unwrap();
+        let llama = LlamaForCausalLM::from_pretrained(&dir, &device, DType::F32).unwrap();
+        assert_eq!(auto.architecture(), Architecture::Llama);
+        assert_eq!(max_abs_diff(auto.logits(&batch), llama.logits(&batch)), 0.0);
+        let cached = auto.generate(&[5, 9, 17], &config).unwrap();
+        assert_eq!(cached, llama.generate(&[5, 9, 17], &config, false).unwrap());
+        assert_eq!(auto.eos_ids(), vec![2]);
+        let dir = fixture("models/tiny-gpt2");
+        let auto = AutoCausalLm::from_pretrained(&dir, &device, DType::F32).unwrap();
+        let gpt2 = Gpt2LmHeadModel::from_pretrained(&dir, &device, DType::F32).unwrap();
+        assert_eq!(max_abs_diff(auto.logits(&batch), gpt2.logits(&batch)), 0.0);
+        assert!(auto.fan_in_fan_out());
+        assert_eq!(auto.generate(&[5, 9, 17], &config).unwrap().len(), 3);
+    }
+}

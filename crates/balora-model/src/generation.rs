@@ -103,46 +103,6 @@ impl Sampler {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn greedy_takes_the_argmax() {
-        let mut s = Sampler::new(&GenerationConfig::greedy(4, vec![]));
-        assert_eq!(s.next(&[0.1, 3.0, -1.0]), 1);
-    }
-
-    #[test]
-    fn top_p_restricts_sampling_to_the_nucleus() {
-        let cfg = GenerationConfig {
-            temperature: 1.0,
-            top_p: 0.5,
-            ..GenerationConfig::greedy(4, vec![])
-        };
-        let mut s = Sampler::new(&cfg);
-        // token 2 alone holds > 50% of the mass: it is always chosen
-        for _ in 0..50 {
-            assert_eq!(s.next(&[0.0, 0.0, 5.0, 0.0]), 2);
-        }
-    }
-
-    #[test]
-    fn sampling_is_reproducible_from_the_seed() {
-        let cfg = GenerationConfig {
-            temperature: 1.0,
-            ..GenerationConfig::greedy(4, vec![])
-        };
-        let draw = || {
-            let mut s = Sampler::new(&cfg);
-            (0..20)
-                .map(|_| s.next(&[0.0, 0.5, 1.0, 0.2]))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(draw(), draw());
-    }
-}
-
 /// Generate after `prompt` until a stop token or `config.max_new_tokens`; returns only the new
 /// tokens (the stop token included). `last_logits(sequence, new)` runs the model and returns
 /// the logits row of the sequence's last position: `sequence` is everything so far, `new` the
@@ -191,4 +151,44 @@ pub fn last_row(logits: burn::tensor::Tensor<3>) -> Result<Vec<f32>, ModelError>
         .reshape([v])
         .try_into_vec_as::<f32>()
         .map_err(|e| ModelError::Readback(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_takes_the_argmax() {
+        let mut s = Sampler::new(&GenerationConfig::greedy(4, vec![]));
+        assert_eq!(s.next(&[0.1, 3.0, -1.0]), 1);
+    }
+
+    #[test]
+    fn top_p_restricts_sampling_to_the_nucleus() {
+        let cfg = GenerationConfig {
+            temperature: 1.0,
+            top_p: 0.5,
+            ..GenerationConfig::greedy(4, vec![])
+        };
+        let mut s = Sampler::new(&cfg);
+        // token 2 alone holds > 50% of the mass: it is always chosen
+        for _ in 0..50 {
+            assert_eq!(s.next(&[0.0, 0.0, 5.0, 0.0]), 2);
+        }
+    }
+
+    #[test]
+    fn sampling_is_reproducible_from_the_seed() {
+        let cfg = GenerationConfig {
+            temperature: 1.0,
+            ..GenerationConfig::greedy(4, vec![])
+        };
+        let draw = || {
+            let mut s = Sampler::new(&cfg);
+            (0..20)
+                .map(|_| s.next(&[0.0, 0.5, 1.0, 0.2]))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(), draw());
+    }
 }
