@@ -150,6 +150,48 @@ fn pissa_is_converted_to_plain_lora_on_save() {
     assert!(max_abs_diff(fresh.forward(x), want) < 1e-5);
 }
 
+/// `rank_pattern` / `alpha_pattern` of a `LoraConfig` shape each layer's adapter, are written
+/// to `adapter_config.json` (doubled by the PiSSA conversion, as every rank and α is) and
+/// reproduce the trained outputs when read back.
+#[test]
+fn rank_and_alpha_patterns_shape_the_layers_and_round_trip() {
+    let device = Device::flex().autodiff();
+    for init in [InitMode::Gaussian, InitMode::Pissa] {
+        let mut cfg = LoraConfig::new(3, TargetModules::names(["q_proj", "v_proj"]))
+            .with_lora_alpha(6.0)
+            .with_init(init);
+        cfg.rank_pattern.insert("v_proj".into(), 2);
+        cfg.alpha_pattern.insert("v_proj".into(), 8.0);
+        let (mut model, _) = inject(TinyMlp::load(&fixtures(), &device), &cfg).unwrap();
+        model.visit_slots(&mut |path, slot| {
+            if let Some(a) = slot.adapter() {
+                let (r, s) = if path.ends_with("v_proj") {
+                    (2, 4.0)
+                } else {
+                    (3, 2.0)
+                };
+                assert_eq!((a.rank(), a.scale()), (r, s), "{path}");
+            }
+        });
+        perturb(&mut model);
+        let x = Tensor::<2>::from_data(TensorData::new(pseudo_random(24, 5), [3, 8]), &device);
+        let want = model.forward(x.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let written = save_adapter(&model, &cfg, dir.path(), &SaveOptions::default()).unwrap();
+        let k = if init.is_pissa() { 2 } else { 1 };
+        assert_eq!(
+            written.rank_pattern.get("v_proj"),
+            Some(&(2 * k)),
+            "{init:?}"
+        );
+        assert_eq!(written.alpha_pattern.get("v_proj"), Some(&(8.0 * k as f64)));
+        let mut fresh = TinyMlp::load(&fixtures(), &device);
+        load_adapter(&mut fresh, dir.path()).unwrap();
+        let err = max_abs_diff(fresh.forward(x), want);
+        assert!(err < 1e-5, "{init:?}: {err:e}");
+    }
+}
+
 fn perturb(model: &mut TinyMlp) {
     let mut seed = 40;
     model.visit_slots_mut(&mut |_, slot| {

@@ -197,7 +197,7 @@ pub struct FinetuneConfig {
     pub stop_at_step: Option<usize>,
     /// The run's seed: data order, dropout, initialisation, head, MonteCLoRA noise.
     pub seed: u64,
-    /// cpu | wgpu | wgpu:cpu | cuda[:N].
+    /// `cpu` | `wgpu` | `wgpu:cpu` | `cuda[:N]`.
     pub device: String,
     /// f32 | bf16.
     pub dtype: DtypeName,

@@ -8,7 +8,7 @@
 //! * [`vocab`]: cross-entropy, teacher KL and entropy over the vocabulary in one pass per row,
 //!   keeping six numbers per row for the backward instead of several `[N, V]` tensors (and,
 //!   for the per-sample SVD term, each sample's Gram matrix, so the gradient stays in place);
-//! * [`activation`]: GPT-2's tanh GELU and Llama's SiLU, one vectorised pass each way;
+//! * [`activation`](mod@activation): GPT-2's tanh GELU and Llama's SiLU, one vectorised pass each way;
 //! * [`linear`]: a frozen linear layer with an optional LoRA branch, one multi-threaded GEMM
 //!   per product and no gradient ever computed for the frozen weight.
 //!

@@ -8,7 +8,7 @@
 //! `f64` keeps the libm functions, because f64 serves the finite-difference gradient checks,
 //! where accuracy is the point and speed is not.
 //!
-//! [`dispatch!`] compiles a kernel body once per instruction set (AVX-512, AVX2+FMA, baseline)
+//! `dispatch!` compiles a kernel body once per instruction set (AVX-512, AVX2+FMA, baseline)
 //! and picks the widest one the CPU has at run time, so a binary built for baseline x86-64 still
 //! uses AVX-512 where it exists.
 

@@ -20,13 +20,13 @@ use crate::paths::{PathMapper, PathVisitor, map_paths, visit_paths};
 /// ε = 1e-8, no weight decay).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TorchAdamWConfig {
-    /// β1.
+    /// β1, the decay of the first moment (gradient mean).
     pub beta1: f64,
-    /// β2.
+    /// β2, the decay of the second moment (squared-gradient mean).
     pub beta2: f64,
-    /// ε.
+    /// ε, added to `√v̂` in the update's denominator.
     pub eps: f64,
-    /// Decoupled weight decay.
+    /// Decoupled weight decay: each update first scales the weights by `1 − lr·wd`.
     pub weight_decay: f64,
 }
 
@@ -44,9 +44,9 @@ impl Default for TorchAdamWConfig {
 /// First and second moments of one parameter, flattened.
 #[derive(Debug, Clone)]
 pub struct Moments {
-    /// m.
+    /// The first moment (running mean of the gradient), flattened.
     pub m: Tensor<1>,
-    /// v.
+    /// The second moment (running mean of the squared gradient), flattened.
     pub v: Tensor<1>,
 }
 

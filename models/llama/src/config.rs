@@ -57,9 +57,9 @@ impl TokenIds {
 pub struct LlamaConfig {
     /// `llama`, `mistral` or `qwen2`.
     pub model_type: String,
-    /// V.
+    /// Vocabulary size V (rows of the embeddings and the LM head).
     pub vocab_size: usize,
-    /// d_model.
+    /// Width of the hidden states, d_model.
     pub hidden_size: usize,
     /// MLP width.
     pub intermediate_size: usize,
