@@ -632,6 +632,42 @@ mod tests {
         e.to_string()
     }
 
+    /// A short classification run on the real MiniLM and Rotten Tomatoes: its `summary.json`
+    /// reads back as the report, and evaluating the saved adapter alone (head included) gives
+    /// the scores the run reported.
+    #[test]
+    fn a_run_writes_what_reads_back_and_its_adapter_scores_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let asset = balora_testkit::asset;
+        let config = FinetuneConfig {
+            task: TaskKind::Nlu,
+            model: Some(asset("models/all-MiniLM-L6-v2")),
+            train: Some(asset("data/rotten_tomatoes/train.jsonl")),
+            eval: Some(asset("data/rotten_tomatoes/eval.jsonl")),
+            max_steps: Some(3),
+            train_limit: Some(48),
+            eval_limit: Some(24),
+            output: Some(dir.path().join("run")),
+            ..FinetuneConfig::default()
+        };
+        let report = finetune(&config, &mut |_| {}).unwrap();
+        assert_eq!((report.steps, report.eval_examples), (3, 24));
+        assert!(report.eval_before.is_some() && report.final_loss.is_some());
+        let read = FinetuneReport::read(&dir.path().join("run").join(SUMMARY)).unwrap();
+        assert_eq!(read, report);
+        let evaluated = finetune(
+            &FinetuneConfig {
+                eval_only: Some(dir.path().join("run/adapter")),
+                output: Some(dir.path().join("eval")),
+                ..config
+            },
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(evaluated.eval_after, report.eval_after);
+        assert_eq!(evaluated.eval_before, None);
+    }
+
     #[test]
     fn settings_no_run_can_use_are_refused_before_anything_loads() {
         let e = refused(FinetuneConfig {
