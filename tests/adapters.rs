@@ -99,7 +99,7 @@ fn pissa_reconstructs_the_weight_to_1e_10_in_f64() {
 
 #[test]
 fn full_pissa_holds_the_top_singular_triplets() {
-    // spec §2.6 example P1: W = [[1,2],[3,4],[5,6]], r = 1.
+    // docs/methods.md, "Worked examples" (PiSSA, example P1): W = [[1,2],[3,4],[5,6]], r = 1.
     let d = f64_device();
     let w = tensor64(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [3, 2], &d);
     for (alpha, a_abs, b_abs) in [
@@ -254,6 +254,13 @@ fn the_teacher_is_the_pretrained_layer_whatever_training_did() {
         // and the adapted output did move
         layer.unmerge();
         assert!(max_abs_diff(layer.forward(x.clone()), want.clone()) > 1e-3);
+        // removing the adapter gives the pretrained layer back (PiSSA: W_res + s·B₀·A₀ = W)
+        layer.merge();
+        assert!(layer.detach_adapter().is_some() && layer.adapter().is_none());
+        assert!(
+            max_abs_diff(layer.forward(x.clone()), want.clone()) < 1e-12,
+            "{init:?}"
+        );
     }
 }
 

@@ -10,7 +10,7 @@ batch), "gemm" (x·W forward + both gradients) or "pissa_init" (peft's PiSSA on 
 
 BA-LoRA here is what its official code does on top of PEFT: a second copy of the pretrained
 model, loaded with from_pretrained, gives the teacher logits under no_grad. The terms follow
-../../../shared/spec/methods.md §1.3 (preset `paper`, NLG, per-sample SVD) and §1.4 (`iclr2026`).
+docs/methods.md, "BA-LoRA regularisers" and "Presets" (`paper`: NLG, per-sample SVD; `iclr2026`).
 Pinned versions: requirements.txt beside this file.
 """
 import json
@@ -66,7 +66,7 @@ def token(b, t, vocab):
 
 
 def paper_terms(zf, zp):
-    """§1.3.2: KL(P‖F) batchmean, −mean entropy, per-sample top-3 SVD ratio."""
+    """Preset `paper`, NLG: KL(P‖F) batchmean, −mean entropy, per-sample top-3 SVD ratio."""
     b = zf.shape[0]
     pf = F.softmax(zf, dim=-1)
     pp = F.softmax(zp, dim=-1)
@@ -78,7 +78,7 @@ def paper_terms(zf, zp):
 
 
 def iclr_terms(zf, zp, tau=2.0, top_k=20, k=10):
-    """§1.4 with every position a response token (the benchmark labels all tokens)."""
+    """Preset `iclr2026`, every position a response token (the benchmark labels all tokens)."""
     v = zf.shape[-1]
     rows = zf.reshape(-1, v)
     q = F.softmax(zp.reshape(-1, v) / tau, dim=-1)

@@ -1,4 +1,5 @@
-//! Initial factors of an adapter: peft's Gaussian/Kaiming init and PiSSA (spec §2.1).
+//! Initial factors of an adapter: peft's Gaussian/Kaiming init and PiSSA (docs/methods.md,
+//! "PiSSA initialisation").
 
 use burn::tensor::{DType, Tensor, TensorData};
 use faer::MatRef;

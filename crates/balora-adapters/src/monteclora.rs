@@ -1,5 +1,5 @@
 //! MonteCLoRA (arXiv 2411.04358) as a variant of the LoRA adapter, following peft's port
-//! (spec §3, Decision 7).
+//! (docs/methods.md, "MonteCLoRA").
 //!
 //! Training perturbs `lora_A` with a Dirichlet-weighted mixture of N Gaussian perturbations
 //! whose per-rank variances carry a Wishart hyperprior:

@@ -1,5 +1,6 @@
-//! MonteCLoRA: spec §3.8 worked example in f64 (given z), gradient checks through the sampled
-//! forward, and equivalence with plain LoRA at scaler 0 and in evaluation.
+//! MonteCLoRA: the worked example of docs/methods.md, "Worked examples", in f64 (given z),
+//! gradient checks through the sampled forward, and equivalence with plain LoRA at scaler 0
+//! and in evaluation.
 
 use balora_adapters::{LoraLinear, MonteClora, MonteCloraConfig, MonteCloraSample, Variant};
 use balora_testkit::{assert_grad, f64_device, max_abs_diff, tensor64, values};
@@ -69,7 +70,7 @@ fn close(got: &[f64], want: &[f64], tol: f64) {
 }
 
 #[test]
-fn worked_example_of_spec_3_8() {
+fn monteclora_worked_example() {
     let d = f64_device();
     let (a, b, rho, eta, x) = inputs(&d);
     let mc = monteclora(rho.clone(), eta.clone(), &d, config(false, 0.01));
@@ -89,11 +90,12 @@ fn worked_example_of_spec_3_8() {
     );
     let terms = mc.kl_terms().unwrap();
     close(&values(terms.dirichlet), &[0.9691003773866798], 1e-9);
-    // The spec lists KL_W = 0.09172280682068656 and KL_N = 0.9779655476008098: 2.6e-9 and
+    // peft's values are KL_W = 0.09172280682068656 and KL_N = 0.9779655476008098: 2.6e-9 and
     // 8.3e-9 off the exact float64 closed forms r/2·Σ(e^{2ρ} − 2ρ − 1) and
     // N/2·(tr Σ − Σ ln Σ_jj − r) with Σ = diag(2e^{0.2}, 0.5e^{−0.4}), because peft runs the
     // Wishart sample and the Cholesky in float32. The float64 values are checked here; the
-    // total R (which weighs both by β = 1e-5) matches the spec to 1e-9.
+    // total R (which weighs both by β = 1e-5) matches peft's to 1e-9 (docs/methods.md,
+    // "Worked examples").
     close(&values(terms.wishart), &[0.09172280419580914], 1e-12);
     let sigma: [f64; 2] = [2.0 * 0.2f64.exp(), 0.5 * (-0.4f64).exp()];
     let kl_n = sigma.iter().map(|s| s - s.ln()).sum::<f64>() - 2.0;

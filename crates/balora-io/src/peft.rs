@@ -8,7 +8,8 @@
 //! `modules_to_save`) are saved too, under `base_model.model.<module>.<tensor>` (peft's keys
 //! once it strips its `modules_to_save.default` wrapper), and loaded back.
 //!
-//! PiSSA adapters are converted to plain LoRA on save by default (spec §2.4):
+//! PiSSA adapters are converted to plain LoRA on save by default (docs/methods.md, "PiSSA
+//! conversion on save"):
 //! `ΔW = s·(B·A − B₀·A₀) = s·[B | −B₀]·[A; A₀]`, i.e. rank 2r and `lora_alpha` doubled
 //! (`√2·α` with rsLoRA) so `s` is unchanged. The converted adapter applies to the *original*
 //! base model; nobody needs the residual weights.

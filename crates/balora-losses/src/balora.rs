@@ -36,8 +36,9 @@ pub struct LossOutput {
 /// BA-LoRA's objective for a run of `total_steps` optimizer steps (schedules need the total).
 ///
 /// The teacher's logits are requested through a closure, called only when the consistency
-/// term is active this step (λ1(t) > 0): the caller runs the adapted model in teacher mode
-/// (base + frozen initial adapter, Decision 4) or a separate checkpoint model, under no-grad.
+/// term is active this step (λ1(t) > 0): the caller runs its teacher — the model's base with
+/// the frozen initial adapter, or a separately loaded checkpoint — under no-grad
+/// (docs/methods.md, "The teacher").
 #[derive(Debug, Clone)]
 pub struct BaLoraLoss {
     config: RegularizerConfig,

@@ -1,4 +1,4 @@
-//! One configurable regulariser; the presets only fill its fields (spec Decision 1).
+//! One configurable regulariser; the presets only fill its fields (docs/methods.md, "Presets").
 
 use burn::config::Config;
 
@@ -29,7 +29,8 @@ pub enum SvdObjective {
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
 pub enum SvdMode {
     /// Each sample's `[T, V]` logit matrix separately, objective averaged over B (the paper
-    /// preset's fix of the reference code's degenerate flat reshape, Decision 2).
+    /// preset's fix of the reference code's degenerate flat reshape: docs/methods.md,
+    /// "Presets").
     PerSample,
     /// The `[N, V]` matrix of the (masked) token rows pooled over the batch (iclr2026).
     TokenMatrix,
@@ -57,9 +58,9 @@ pub enum KlReduction {
     TokenMean,
 }
 
-/// Every choice the BA-LoRA regularisers make (spec §1). Build one with [`Self::paper`] or
-/// [`Self::iclr2026`] and override fields with the `with_*` builders; [`Self::validate`]
-/// rejects combinations no reference defines.
+/// Every choice the BA-LoRA regularisers make (docs/methods.md, "BA-LoRA regularisers").
+/// Build one with [`Self::paper`] or [`Self::iclr2026`] and override fields with the `with_*`
+/// builders; [`Self::validate`] rejects combinations no reference defines.
 #[derive(Config, Debug, PartialEq)]
 pub struct RegularizerConfig {
     /// NLU (`[B, C]` logits) or NLG (`[B, T, V]` logits + labels).
@@ -118,9 +119,9 @@ pub struct RegularizerConfig {
 
 impl RegularizerConfig {
     /// The `paper` preset (the default): cyp-2024-12's semantics with its defects fixed
-    /// (Decision 2). NLU: λ = 1e-4 / 4e-4 / 1e-4, SVD `−Σ_{i≤3} σ_i` of the `[B, C]` logits.
-    /// NLG: λ = 1e-4 / 3e-4 / 1e-4, unmasked batch-sum KL, entropy with ε = 1e-10,
-    /// per-sample SVD ratio with k = 3.
+    /// (docs/methods.md, "Presets"). NLU: λ = 1e-4 / 4e-4 / 1e-4, SVD `−Σ_{i≤3} σ_i` of the
+    /// `[B, C]` logits. NLG: λ = 1e-4 / 3e-4 / 1e-4, unmasked batch-sum KL, entropy with
+    /// ε = 1e-10, per-sample SVD ratio with k = 3.
     pub fn paper(task: Task) -> Self {
         match task {
             Task::Nlu => {
@@ -130,7 +131,8 @@ impl RegularizerConfig {
         }
     }
 
-    /// The `iclr2026` preset: the official ICLR-2026 recipe (spec §1.4, Decision 3). NLG only.
+    /// The `iclr2026` preset: the official ICLR-2026 recipe (docs/methods.md, "Presets").
+    /// NLG only.
     /// Masked (unshifted) token-mean KL at τ = 2, top-20 entropy, SVD of the masked token
     /// matrix with k = 10 over the Frobenius norm (randomized above V = 4096),
     /// λ = 0.025 (cosine) / 0.005 / 0.005 (two-phase).

@@ -1,4 +1,5 @@
-//! BA-LoRA's NLG regularisers on language-model logits `[B, T, V]` (spec §1.3.2, §1.4).
+//! BA-LoRA's NLG regularisers on language-model logits `[B, T, V]` (docs/methods.md,
+//! "BA-LoRA regularisers").
 
 use balora_kernels::{VocabTermsConfig, vocab_terms};
 use burn::tensor::Tensor;

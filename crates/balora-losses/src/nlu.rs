@@ -1,4 +1,5 @@
-//! BA-LoRA's NLU regularisers on classification logits `[B, C]` (spec §1.3.1).
+//! BA-LoRA's NLU regularisers on classification logits `[B, C]` (docs/methods.md,
+//! "BA-LoRA regularisers").
 
 use burn::tensor::Tensor;
 

@@ -1,4 +1,4 @@
-//! λ schedules over optimizer steps (iclr2026, spec §1.4) and adaptive λ1.
+//! λ schedules over optimizer steps (iclr2026) and adaptive λ1 (docs/methods.md, "Presets").
 
 use burn::config::Config;
 
@@ -132,7 +132,7 @@ impl AdaptiveLambda {
 mod tests {
     use super::*;
 
-    /// spec §1.8: T_tot = 1000, base λ = (0.025, 0.005, 0.005).
+    /// docs/methods.md, "Worked examples": T_tot = 1000, base λ = (0.025, 0.005, 0.005).
     #[test]
     fn iclr2026_schedules_at_the_listed_steps() {
         let cos = Schedule::Cosine { floor: 0.1 };

@@ -1,4 +1,5 @@
-//! Differentiable singular values without a custom backward (spec Decision 5).
+//! Differentiable singular values without a custom backward (docs/methods.md,
+//! "Differentiable singular values").
 //!
 //! For a logit matrix `Z` (`n×m`, `n ≤ m`; the tall case works on `Zᵀ`), the left singular
 //! vectors `U` come from a *detached* decomposition computed on the host; the values are then
@@ -183,7 +184,7 @@ mod tests {
 
     #[test]
     fn singular_values_of_the_worked_example() {
-        // spec §1.8: σ(Z^F) = [3.987630261861874, 1.829974014756330]
+        // docs/methods.md, "Worked examples": σ(Z^F) = [3.987630261861874, 1.829974014756330]
         let d = f64_device();
         let z = tensor64(&[1.0, 2.0, 3.0, 0.5, -1.0, 2.0], [2, 3], &d);
         let s = values(singular_values(z.clone()).unwrap());

@@ -1,5 +1,5 @@
 //! Finite-difference gradient checks (f64, flex) of every term w.r.t. the student logits, and
-//! the degenerate inputs of spec §1 (no NaN, a reported skip).
+//! the degenerate inputs of docs/methods.md, "BA-LoRA regularisers" (no NaN, a reported skip).
 
 use balora_losses::{
     BaLoraLoss, KlReduction, MaskMode, RegularizerConfig, SvdObjective, Task, TokenMask, nlg, nlu,

@@ -1,4 +1,5 @@
-//! Every worked example of spec §1.8, in f64 on flex, to ≤ 1e-9 absolute.
+//! Every BA-LoRA worked example of docs/methods.md, "Worked examples", in f64 on flex, to
+//! ≤ 1e-9 absolute.
 
 use balora_losses::{
     AdaptiveLambda, BaLoraLoss, KlReduction, MaskMode, RegularizerConfig, Schedule, SvdMode,

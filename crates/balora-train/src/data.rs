@@ -2,7 +2,6 @@
 //! `instruction`/`input`/`output`) and NLU classification data (JSONL, TSV, CSV), tokenised
 //! into examples and batched with length bucketing and a seeded shuffle.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use balora_io::{ChatMessage, ChatTemplate};
@@ -557,13 +556,4 @@ pub fn collate(examples: &[&Example], pad_id: u32, token_labels: bool) -> (Token
         batch.token_type_ids = Some(types);
     }
     (batch, labels)
-}
-
-/// Counts of labels, for logs.
-pub fn label_counts(examples: &[Example]) -> BTreeMap<i64, usize> {
-    let mut m = BTreeMap::new();
-    for e in examples {
-        *m.entry(e.labels[0]).or_insert(0) += 1;
-    }
-    m
 }

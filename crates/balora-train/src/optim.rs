@@ -10,11 +10,11 @@
 
 use std::collections::BTreeMap;
 
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
 
-use crate::paths::{PathMapper, PathVisitor, map_paths, visit_paths};
+use crate::paths::{PathMapper, map_paths};
 
 /// AdamW hyper-parameters, with the Hugging Face Trainer's defaults (β = (0.9, 0.999),
 /// ε = 1e-8, no weight decay).
@@ -58,24 +58,6 @@ pub struct TorchAdamW {
     pub(crate) state: BTreeMap<String, Moments>,
     /// Updates made so far (bias correction uses it).
     pub(crate) steps: u64,
-}
-
-/// Collects `(path, id)` of every parameter that requires gradients.
-struct Trainable(Vec<(String, ParamId)>);
-
-impl PathVisitor for Trainable {
-    fn visit<const D: usize>(&mut self, path: &str, param: &Param<Tensor<D>>) {
-        if param.is_require_grad() {
-            self.0.push((path.to_string(), param.id));
-        }
-    }
-}
-
-/// Paths and ids of the trainable parameters of `module`, in module order.
-pub fn trainable_params<M: Module>(module: &M) -> Vec<(String, ParamId)> {
-    let mut v = Trainable(Vec::new());
-    visit_paths(module, &mut v);
-    v.0
 }
 
 /// `‖g‖₂` over all gradients, and the clipping coefficient `min(1, max_norm/(‖g‖ + 1e-6))`.
