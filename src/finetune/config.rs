@@ -7,14 +7,21 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// Declares a closed set of lowercase names: serde (TOML, JSON) and [`FromStr`] (command
-/// lines) read them, and an unknown name is refused with the list of choices.
+/// Declares a closed set of lowercase names: serde (TOML, JSON), [`FromStr`] and, with the
+/// `cli` feature, `clap::ValueEnum` (command lines, `--help` lists them) read them, and an
+/// unknown name is refused with the list of choices.
 macro_rules! choices {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
         pub enum $name {
-            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
+            $(
+                $(#[$vmeta])*
+                #[serde(rename = $text)]
+                #[cfg_attr(feature = "cli", value(name = $text))]
+                $variant
+            ),+
         }
 
         impl $name {
