@@ -18,8 +18,9 @@ use balora_io::{
     ChatTemplate, IoError, MergeOptions, SaveOptions, TaskType, load_adapter, load_tokenizer,
     save_adapter, save_merged,
 };
+use balora_losses::task::causal_lm_loss;
 use balora_losses::{LossError, Task};
-use balora_model::{GenerationConfig, ModelError, SequenceClassifier};
+use balora_model::{CausalLm, GenerationConfig, ModelError, SequenceClassifier};
 use balora_train::data::{
     Example, LabelSet, PromptFormat, collate, read_nlg_jsonl, read_nlu, tokenize_nlg, tokenize_nlu,
 };
@@ -93,6 +94,10 @@ pub struct Scores {
     /// Matthews correlation (classification).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mcc: Option<f64>,
+    /// Held-out response loss: the mean cross-entropy per response token (causal LMs). It moves
+    /// long before a small model's answer accuracy does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_loss: Option<f64>,
 }
 
 impl fmt::Display for Scores {
@@ -103,6 +108,9 @@ impl fmt::Display for Scores {
         }
         if let Some(v) = self.mcc {
             write!(f, ", MCC {v:.3}")?;
+        }
+        if let Some(v) = self.response_loss {
+            write!(f, ", response loss {v:.3}")?;
         }
         Ok(())
     }
@@ -460,8 +468,11 @@ impl<'a> Run<'a> {
         let pad = base.pad_id().unwrap_or(eos);
         let mut eval_records = read_nlg_jsonl(&self.eval)?;
         eval_records.truncate(c.eval_limit.unwrap_or(8));
+        let max_len = c.max_len.unwrap_or(256);
+        let (eval_examples, _) = tokenize_nlg(&eval_records, &tokenizer, &format, max_len, eos)?;
         let evaluate = |model: &AutoCausalLm| -> Result<Scores, FinetuneError> {
             let model = model.valid();
+            let response_loss = response_loss(&model, &eval_examples, pad)?;
             let mut correct = 0;
             for r in &eval_records {
                 let prompt = format.prompt_ids(&tokenizer, r)?;
@@ -476,6 +487,7 @@ impl<'a> Run<'a> {
                 accuracy: correct as f64 / eval_records.len().max(1) as f64,
                 macro_f1: None,
                 mcc: None,
+                response_loss: Some(response_loss),
             })
         };
         let n_eval = eval_records.len();
@@ -487,7 +499,6 @@ impl<'a> Run<'a> {
         }
         let mut records = read_nlg_jsonl(&self.train)?;
         records.truncate(c.train_limit.unwrap_or(usize::MAX));
-        let max_len = c.max_len.unwrap_or(256);
         let (examples, truncated) = tokenize_nlg(&records, &tokenizer, &format, max_len, eos)?;
         if truncated > 0 {
             notes(&format!(
@@ -569,6 +580,7 @@ impl<'a> Run<'a> {
                 accuracy: m.accuracy,
                 macro_f1: Some(m.macro_f1),
                 mcc: Some(m.mcc),
+                response_loss: None,
             }
         };
         let n_eval = eval_examples.len();
@@ -597,6 +609,31 @@ impl<'a> Run<'a> {
         };
         self.finish(&model, outcome, notes)
     }
+}
+
+/// The mean cross-entropy per response token of `model` on `examples` (labels −100 on the
+/// prompt), in batches of 8: each batch's mean weighted by its labelled tokens.
+fn response_loss(
+    model: &AutoCausalLm,
+    examples: &[Example],
+    pad: u32,
+) -> Result<f64, FinetuneError> {
+    let (mut total, mut tokens) = (0.0, 0usize);
+    for chunk in examples.chunks(8) {
+        let refs: Vec<&Example> = chunk.iter().collect();
+        let (batch, labels) = collate(&refs, pad, true);
+        // the causal shift scores label t+1 at position t: the first column is never a target
+        let t = batch.seq_len();
+        let n = labels
+            .chunks(t.max(1))
+            .flat_map(|row| row.iter().skip(1))
+            .filter(|&&l| l != -100)
+            .count();
+        let loss = causal_lm_loss(model.logits(&batch), &labels)?;
+        total += loss.into_scalar::<f64>() * n as f64;
+        tokens += n;
+    }
+    Ok(total / tokens.max(1) as f64)
 }
 
 /// The merged classifier's `config.json` names its task class and the trained labels.
