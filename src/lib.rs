@@ -17,6 +17,7 @@
 //!   [`auto`] picks one from `config.json`'s `model_type`, with peft's default targets;
 //! * [`finetune`]: a whole run from a [`FinetuneConfig`](finetune::FinetuneConfig) (what the
 //!   `finetune` example runs);
+//! * [`experiment`]: grids of methods × seeds × learning rates, summarised over seeds;
 //! * [`device`]: `--device cpu|wgpu|cuda[:N]` parsing;
 //! * [`alloc`]: an allocator setting for training binaries: reuse the large blocks every step
 //!   frees and allocates again instead of faulting in fresh pages.
@@ -26,6 +27,7 @@
 pub mod alloc;
 pub mod auto;
 pub mod device;
+pub mod experiment;
 pub mod finetune;
 
 pub use balora_adapters as adapters;

@@ -157,7 +157,8 @@ impl FinetuneReport {
         })
     }
 
-    fn write(&self, path: &Path) -> Result<(), IoError> {
+    /// Write it (atomically) to `path`.
+    pub fn write(&self, path: &Path) -> Result<(), IoError> {
         let json = serde_json::to_vec_pretty(self).map_err(|source| IoError::Json {
             path: path.to_path_buf(),
             source,

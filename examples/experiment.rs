@@ -1,0 +1,61 @@
+//! Run an experiment grid (methods × seeds × learning rates, the rate chosen per method on a
+//! validation split): the command line of [`balora::experiment`].
+//!
+//! ```text
+//! cargo run --release --example experiment -- --suite nlu-sentiment   # bench/suites/*.toml
+//! cargo run --release --example experiment -- --config grid.toml
+//! cargo run --example experiment -- --suite nlu-sentiment --smoke     # 2 × 2 × 1 step (CI)
+//! ```
+//!
+//! Writes `summary.json`, `summary.md` and `scores.png` in the grid's output folder; rerunning
+//! skips finished runs and resumes an interrupted one from its checkpoint.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use balora::experiment::{Experiment, ExperimentConfig};
+use balora::finetune::{MethodName, finetune};
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(about = "Compare fine-tuning methods over seeds and learning rates")]
+struct Options {
+    /// A suite of bench/suites (its file name without `.toml`).
+    #[arg(long, conflicts_with = "config")]
+    suite: Option<String>,
+    /// A grid's TOML file (the keys of `balora::experiment::ExperimentConfig`; `[base]` holds
+    /// `finetune`'s options).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Two methods × two seeds × one learning rate, one step each, on a few examples (CI).
+    #[arg(long)]
+    smoke: bool,
+}
+
+fn main() -> Result<()> {
+    balora::alloc::keep_freed_memory();
+    let o = Options::parse();
+    let path = match (&o.suite, &o.config) {
+        (Some(suite), _) => PathBuf::from(format!("bench/suites/{suite}.toml")),
+        (None, Some(path)) => path.clone(),
+        (None, None) => anyhow::bail!("give --suite NAME or --config FILE"),
+    };
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut config: ExperimentConfig =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    if o.smoke {
+        config.methods = vec![MethodName::Lora, MethodName::Balora];
+        config.seeds = vec![1, 2];
+        config.learning_rates.truncate(1);
+        config.base.max_steps = Some(1);
+        config.base.train_limit = Some(64);
+        config.base.eval_limit = Some(16);
+        config.output = PathBuf::from("target/smoke/experiment");
+    }
+    let mut run = |c: &balora::finetune::FinetuneConfig| finetune(c, &mut |_| {});
+    let report = Experiment::new(&config, &mut run, &mut |line| println!("{line}")).run()?;
+    println!("\n{}", report.markdown());
+    println!("wrote {}", config.output.display());
+    Ok(())
+}

@@ -1,0 +1,715 @@
+//! Experiment grids: methods × seeds × learning rates over one task, each run in its own
+//! folder, resumable, summarised over seeds as JSON, a Markdown table and a PNG.
+//!
+//! The learning rate is chosen **per method on a validation split carved from the training
+//! data** (seeded, written under `data/`), never on the evaluation sets: tuned learning rates
+//! change the ranking of LoRA variants, and choosing them on the test sets would report a
+//! best case. The final runs then train on the rest of the training data with each seed and
+//! are scored on every evaluation set.
+
+mod plot;
+mod stats;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use crate::finetune::{FinetuneConfig, FinetuneError, FinetuneReport, MethodName, SUMMARY, Scores};
+use balora_io::IoError;
+
+pub use stats::Summary;
+
+/// A grid over one task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// The experiment's name (headings, file names).
+    pub name: String,
+    /// Every run's settings but the method, seed, learning rate, data and output.
+    pub base: FinetuneConfig,
+    /// The methods compared.
+    pub methods: Vec<MethodName>,
+    /// The seeds of the final runs (the first one also seeds the learning-rate selection).
+    pub seeds: Vec<u64>,
+    /// The learning rates tried per method on the validation split.
+    pub learning_rates: Vec<f64>,
+    /// The fraction of the training data held out for choosing the learning rate.
+    #[serde(default = "default_validation")]
+    pub validation_fraction: f64,
+    /// The evaluation sets by name, in report order; the first is scored by the training run
+    /// itself, the others by evaluating its saved adapter.
+    pub eval_sets: BTreeMap<String, PathBuf>,
+    /// Where everything goes.
+    pub output: PathBuf,
+}
+
+fn default_validation() -> f64 {
+    0.1
+}
+
+/// One run of the grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSpec {
+    /// `select` (learning-rate choice) or `final`.
+    pub phase: Phase,
+    /// The method.
+    pub method: MethodName,
+    /// The seed.
+    pub seed: u64,
+    /// The learning rate.
+    pub lr: f64,
+    /// Its folder.
+    pub dir: PathBuf,
+}
+
+/// The two phases of a grid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Every learning rate on the validation split, with the first seed.
+    Select,
+    /// Every seed at the chosen learning rate, on the evaluation sets.
+    Final,
+}
+
+/// What a grid found: the chosen learning rates and, per method and evaluation set, the
+/// summary of accuracy (and macro-F1 / response loss where the task has them) over seeds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentReport {
+    /// The experiment.
+    pub name: String,
+    /// The chosen learning rate per method.
+    pub chosen_lr: BTreeMap<String, f64>,
+    /// Validation score per method and learning rate (the selection's evidence).
+    pub validation: BTreeMap<String, Vec<(f64, f64)>>,
+    /// The standard deviation of the validation score across the learning-rate grid, per
+    /// method (MonteCLoRA's stability claim is about this and the spread over seeds).
+    pub lr_sd: BTreeMap<String, f64>,
+    /// Per method, per evaluation set: the metrics' summaries over seeds.
+    pub results: BTreeMap<String, BTreeMap<String, MetricSummaries>>,
+    /// Seconds of wall time spent by this process.
+    pub wall_s: f64,
+}
+
+/// Summaries of each metric over seeds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricSummaries {
+    /// Accuracy.
+    pub accuracy: Summary,
+    /// Macro-F1 (classification).
+    pub macro_f1: Option<Summary>,
+    /// Held-out response loss (causal LMs).
+    pub response_loss: Option<Summary>,
+}
+
+/// A grid could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ExperimentError {
+    /// A setting no grid can use.
+    #[error("experiment {name}: {reason}")]
+    Config {
+        /// The experiment.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A run failed.
+    #[error("run {dir}: {source}")]
+    Run {
+        /// The run's folder.
+        dir: PathBuf,
+        /// Why.
+        source: Box<FinetuneError>,
+    },
+    /// Files.
+    #[error(transparent)]
+    Io(#[from] IoError),
+    /// The plot.
+    #[error(transparent)]
+    Plot(#[from] balora_train::TrainError),
+}
+
+/// The folder name of a learning rate (`lr-3e-4`).
+fn lr_dir(lr: f64) -> String {
+    format!("lr-{lr:e}")
+}
+
+impl ExperimentConfig {
+    fn check(&self) -> Result<(), ExperimentError> {
+        let bad = |reason: &str| {
+            Err(ExperimentError::Config {
+                name: self.name.clone(),
+                reason: reason.into(),
+            })
+        };
+        if self.methods.is_empty() || self.seeds.is_empty() || self.learning_rates.is_empty() {
+            return bad("methods, seeds and learning_rates each need at least one value");
+        }
+        if self.eval_sets.is_empty() {
+            return bad("eval_sets needs at least one evaluation set");
+        }
+        if !(self.validation_fraction > 0.0 && self.validation_fraction < 1.0) {
+            return bad("validation_fraction must lie in (0, 1)");
+        }
+        if self.base.train.is_none() || self.base.model.is_none() {
+            return bad("base.model and base.train are required");
+        }
+        Ok(())
+    }
+
+    /// The selection runs: every method × learning rate, first seed.
+    pub fn selection_runs(&self) -> Vec<RunSpec> {
+        let seed = self.seeds[0];
+        let mut runs = Vec::new();
+        for &method in &self.methods {
+            for &lr in &self.learning_rates {
+                runs.push(RunSpec {
+                    phase: Phase::Select,
+                    method,
+                    seed,
+                    lr,
+                    dir: self
+                        .output
+                        .join("select")
+                        .join(method.as_str())
+                        .join(lr_dir(lr)),
+                });
+            }
+        }
+        runs
+    }
+
+    /// The final runs: every method × seed at its chosen learning rate.
+    pub fn final_runs(&self, chosen: &BTreeMap<String, f64>) -> Vec<RunSpec> {
+        let mut runs = Vec::new();
+        for &method in &self.methods {
+            let lr = chosen[method.as_str()];
+            for &seed in &self.seeds {
+                runs.push(RunSpec {
+                    phase: Phase::Final,
+                    method,
+                    seed,
+                    lr,
+                    dir: self
+                        .output
+                        .join("runs")
+                        .join(method.as_str())
+                        .join(format!("seed-{seed}")),
+                });
+            }
+        }
+        runs
+    }
+
+    /// The run's settings: the base with the spec's method, seed, rate and data.
+    fn run_config(&self, spec: &RunSpec, train: &Path, eval: &Path) -> FinetuneConfig {
+        FinetuneConfig {
+            method: spec.method,
+            seed: spec.seed,
+            lr: Some(spec.lr),
+            train: Some(train.to_path_buf()),
+            eval: Some(eval.to_path_buf()),
+            output: Some(spec.dir.clone()),
+            // an interrupted run continues from its checkpoint
+            resume: true,
+            eval_only: None,
+            merge_to: None,
+            ..self.base.clone()
+        }
+    }
+}
+
+/// Split the training file's rows (its header kept on both sides for TSV/CSV) into a train
+/// and a validation file under `dir`, by a shuffle seeded with `seed`; returns their paths.
+/// Deterministic, so a resumed grid finds the same split.
+pub fn carve_validation(
+    train: &Path,
+    fraction: f64,
+    seed: u64,
+    dir: &Path,
+) -> Result<(PathBuf, PathBuf), ExperimentError> {
+    let text = String::from_utf8_lossy(&balora_io::fs::read(train)?).into_owned();
+    let ext = train
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("jsonl");
+    let mut lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let header = matches!(ext, "tsv" | "csv")
+        .then(|| lines.remove(0))
+        .map(str::to_string);
+    let mut order: Vec<usize> = (0..lines.len()).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x5641_4c49_4441_5445));
+    let n_valid =
+        ((lines.len() as f64 * fraction).round() as usize).clamp(1, lines.len().max(2) - 1);
+    let (valid, rest) = order.split_at(n_valid.min(order.len()));
+    let write = |name: &str, rows: &[usize]| -> Result<PathBuf, ExperimentError> {
+        let mut rows = rows.to_vec();
+        rows.sort_unstable(); // file order within each side
+        let mut out = header.clone().map(|h| h + "\n").unwrap_or_default();
+        for i in rows {
+            out.push_str(lines[i]);
+            out.push('\n');
+        }
+        let path = dir.join(format!("{name}.{ext}"));
+        balora_io::fs::atomic_write(&path, out.as_bytes())?;
+        Ok(path)
+    };
+    std::fs::create_dir_all(dir).map_err(|source| IoError::Fs {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    Ok((write("train", rest)?, write("validation", valid)?))
+}
+
+/// The selection score of a run: validation response loss where the task has one (lower is
+/// better, so negated), else accuracy.
+fn selection_score(scores: &Scores) -> f64 {
+    scores.response_loss.map_or(scores.accuracy, |l| -l)
+}
+
+/// Runs a grid. `run` executes one fine-tuning run (normally [`crate::finetune::finetune`];
+/// tests pass a stand-in); `notes` gets a progress line per run with the overall ETA.
+pub struct Experiment<'a> {
+    config: &'a ExperimentConfig,
+    run: &'a mut dyn FnMut(&FinetuneConfig) -> Result<FinetuneReport, FinetuneError>,
+    notes: &'a mut dyn FnMut(&str),
+    done: usize,
+    total: usize,
+    started: Instant,
+}
+
+impl<'a> Experiment<'a> {
+    /// A grid over `config`, running each fine-tuning run with `run`.
+    pub fn new(
+        config: &'a ExperimentConfig,
+        run: &'a mut dyn FnMut(&FinetuneConfig) -> Result<FinetuneReport, FinetuneError>,
+        notes: &'a mut dyn FnMut(&str),
+    ) -> Self {
+        let total = config.methods.len() * (config.learning_rates.len() + config.seeds.len());
+        Self {
+            config,
+            run,
+            notes,
+            done: 0,
+            total,
+            started: Instant::now(),
+        }
+    }
+
+    /// Run `spec` unless its folder already holds a finished run's `summary.json`.
+    fn one(
+        &mut self,
+        spec: &RunSpec,
+        config: FinetuneConfig,
+    ) -> Result<FinetuneReport, ExperimentError> {
+        let summary = spec.dir.join(SUMMARY);
+        let t0 = Instant::now();
+        let how = if summary.is_file() {
+            "done before"
+        } else {
+            (self.run)(&config).map_err(|e| ExperimentError::Run {
+                dir: spec.dir.clone(),
+                source: Box::new(e),
+            })?;
+            "ran"
+        };
+        // the file, not the value in memory: a resumed grid then sums exactly the same numbers
+        let report = FinetuneReport::read(&summary)?;
+        self.done += 1;
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let eta = elapsed / self.done as f64 * (self.total - self.done) as f64;
+        (self.notes)(&format!(
+            "[{}/{}] {:?} {} seed {} lr {:e}: {} ({how} in {:.0} s; eta {:.0} min)",
+            self.done,
+            self.total,
+            spec.phase,
+            spec.method,
+            spec.seed,
+            spec.lr,
+            report.eval_after,
+            t0.elapsed().as_secs_f64(),
+            eta / 60.0
+        ));
+        Ok(report)
+    }
+
+    /// Run the whole grid (skipping finished runs) and write `summary.json`, `summary.md`
+    /// and `scores.png` under the output folder.
+    pub fn run(mut self) -> Result<ExperimentReport, ExperimentError> {
+        let c = self.config;
+        c.check()?;
+        let data = c.output.join("data");
+        let train = c.base.train.as_ref().expect("checked");
+        let (train, validation) =
+            carve_validation(train, c.validation_fraction, c.seeds[0], &data)?;
+        // 1. the learning rate per method, on the validation split only
+        let mut validation_scores: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        for spec in c.selection_runs() {
+            let report = self.one(&spec, c.run_config(&spec, &train, &validation))?;
+            validation_scores
+                .entry(spec.method.as_str().into())
+                .or_default()
+                .push((spec.lr, selection_score(&report.eval_after)));
+        }
+        let chosen: BTreeMap<String, f64> = validation_scores
+            .iter()
+            .map(|(m, scores)| {
+                let best = scores
+                    .iter()
+                    .max_by(|a, b| a.1.total_cmp(&b.1))
+                    .map_or(f64::NAN, |s| s.0);
+                (m.clone(), best)
+            })
+            .collect();
+        let lr_sd = validation_scores
+            .iter()
+            .map(|(m, s)| {
+                let values: Vec<f64> = s.iter().map(|v| v.1.abs()).collect();
+                (m.clone(), Summary::of(&values).map_or(0.0, |s| s.sd))
+            })
+            .collect();
+        // 2. every seed at the chosen rate, scored on every evaluation set
+        let (first_name, first_set) = c.eval_sets.iter().next().expect("checked");
+        let mut scores: BTreeMap<String, BTreeMap<String, Vec<Scores>>> = BTreeMap::new();
+        for spec in c.final_runs(&chosen) {
+            let report = self.one(&spec, c.run_config(&spec, &train, first_set))?;
+            let by_set = scores.entry(spec.method.as_str().into()).or_default();
+            by_set
+                .entry(first_name.clone())
+                .or_default()
+                .push(report.eval_after);
+            for (name, set) in c.eval_sets.iter().skip(1) {
+                let s = evaluate_saved(&mut *self.run, c, &spec, &train, name, set)?;
+                by_set.entry(name.clone()).or_default().push(s);
+            }
+        }
+        let results = scores
+            .into_iter()
+            .map(|(m, sets)| {
+                let sets = sets
+                    .into_iter()
+                    .map(|(name, s)| (name, summarise(&s)))
+                    .collect();
+                (m, sets)
+            })
+            .collect();
+        let report = ExperimentReport {
+            name: c.name.clone(),
+            chosen_lr: chosen,
+            validation: validation_scores,
+            lr_sd,
+            results,
+            wall_s: self.started.elapsed().as_secs_f64(),
+        };
+        write_json(&c.output.join("summary.json"), &report)?;
+        balora_io::fs::atomic_write(&c.output.join("summary.md"), report.markdown().as_bytes())?;
+        plot::bars(&report, &c.output.join("scores.png"))?;
+        Ok(report)
+    }
+}
+
+/// Score a final run's saved adapter on another evaluation set (cached in
+/// `eval-<name>.json`, so a resumed grid does not evaluate twice).
+fn evaluate_saved(
+    run: &mut dyn FnMut(&FinetuneConfig) -> Result<FinetuneReport, FinetuneError>,
+    c: &ExperimentConfig,
+    spec: &RunSpec,
+    train: &Path,
+    name: &str,
+    set: &Path,
+) -> Result<Scores, ExperimentError> {
+    let cache = spec.dir.join(format!("eval-{name}.json"));
+    if cache.is_file() {
+        return serde_json::from_slice(&balora_io::fs::read(&cache)?).map_err(|source| {
+            IoError::Json {
+                path: cache,
+                source,
+            }
+            .into()
+        });
+    }
+    let config = FinetuneConfig {
+        eval_only: Some(spec.dir.join("adapter")),
+        output: Some(spec.dir.join(format!("eval-{name}"))),
+        resume: false,
+        ..c.run_config(spec, train, set)
+    };
+    let report = run(&config).map_err(|e| ExperimentError::Run {
+        dir: spec.dir.clone(),
+        source: Box::new(e),
+    })?;
+    write_json(&cache, &report.eval_after)?;
+    Ok(report.eval_after)
+}
+
+fn summarise(scores: &[Scores]) -> MetricSummaries {
+    let of = |f: &dyn Fn(&Scores) -> Option<f64>| {
+        let v: Option<Vec<f64>> = scores.iter().map(f).collect();
+        v.and_then(|v| Summary::of(&v))
+    };
+    MetricSummaries {
+        accuracy: of(&|s| Some(s.accuracy)).expect("at least one seed"),
+        macro_f1: of(&|s| s.macro_f1),
+        response_loss: of(&|s| s.response_loss),
+    }
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ExperimentError> {
+    let json = serde_json::to_vec_pretty(value).map_err(|source| IoError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(balora_io::fs::atomic_write(path, &json)?)
+}
+
+impl ExperimentReport {
+    /// Read a grid's `summary.json`.
+    pub fn read(path: &Path) -> Result<Self, IoError> {
+        serde_json::from_slice(&balora_io::fs::read(path)?).map_err(|source| IoError::Json {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// The Markdown table: one row per method, one column per evaluation set, mean ± sd
+    /// [95 % interval] of accuracy (and macro-F1 / response loss), and the chosen rate.
+    pub fn markdown(&self) -> String {
+        let sets: Vec<&String> = self
+            .results
+            .values()
+            .next()
+            .map(|s| s.keys().collect())
+            .unwrap_or_default();
+        let mut out = format!("## {}\n\n| method | lr | lr-grid sd |", self.name);
+        for s in &sets {
+            out.push_str(&format!(" {s} |"));
+        }
+        out.push_str("\n|---|---|---|");
+        out.push_str(&"---|".repeat(sets.len()));
+        out.push('\n');
+        let cell = |s: &Summary, pct: bool| {
+            let k = if pct { 100.0 } else { 1.0 };
+            let ci = s
+                .ci95
+                .map_or(String::new(), |c| format!(" [±{:.2}]", k * c));
+            format!("{:.2} ± {:.2}{ci}", k * s.mean, k * s.sd)
+        };
+        for (method, by_set) in &self.results {
+            out.push_str(&format!(
+                "| {method} | {:e} | {:.4} |",
+                self.chosen_lr.get(method).copied().unwrap_or(f64::NAN),
+                self.lr_sd.get(method).copied().unwrap_or(f64::NAN)
+            ));
+            for s in &sets {
+                let m = &by_set[*s];
+                let mut text = format!("acc {}", cell(&m.accuracy, true));
+                if let Some(f1) = &m.macro_f1 {
+                    text.push_str(&format!("; F1 {}", cell(f1, true)));
+                }
+                if let Some(l) = &m.response_loss {
+                    text.push_str(&format!("; loss {}", cell(l, false)));
+                }
+                out.push_str(&format!(" {text} |"));
+            }
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "\nMean ± sd over {} seed(s) [95 % t-interval half-width]; accuracy and F1 in %. \
+             Learning rates chosen per method on the validation split. Wall time {:.0} s.\n",
+            self.results
+                .values()
+                .next()
+                .and_then(|s| s.values().next())
+                .map_or(0, |m| m.accuracy.n),
+            self.wall_s
+        ));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::finetune::TaskKind;
+
+    fn config(dir: &Path) -> ExperimentConfig {
+        let train = dir.join("train.jsonl");
+        let rows: String = (0..20)
+            .map(|i| format!("{{\"text\": \"row {i}\", \"label\": \"{}\"}}\n", i % 2))
+            .collect();
+        std::fs::write(&train, rows).unwrap();
+        ExperimentConfig {
+            name: "toy".into(),
+            base: FinetuneConfig {
+                task: TaskKind::Nlu,
+                model: Some(dir.join("model")),
+                train: Some(train),
+                ..FinetuneConfig::default()
+            },
+            methods: vec![MethodName::Lora, MethodName::Pissa],
+            seeds: vec![1, 2, 3],
+            learning_rates: vec![1e-4, 1e-3],
+            validation_fraction: 0.25,
+            eval_sets: BTreeMap::from([
+                ("in-domain".to_string(), dir.join("test-a.jsonl")),
+                ("shifted".to_string(), dir.join("test-b.jsonl")),
+            ]),
+            output: dir.join("out"),
+        }
+    }
+
+    /// A stand-in for `finetune`: scores depend on method, rate, seed and evaluation file,
+    /// and a training run leaves its `summary.json` as a real one does.
+    fn fake(c: &FinetuneConfig) -> Result<FinetuneReport, FinetuneError> {
+        let lr = c.lr.unwrap();
+        let best = if c.method == MethodName::Lora {
+            1e-3
+        } else {
+            1e-4
+        };
+        let eval = c.eval.as_ref().unwrap().display().to_string();
+        let shift = if eval.ends_with("test-b.jsonl") {
+            0.1
+        } else {
+            0.0
+        };
+        let accuracy = if lr == best { 0.8 } else { 0.6 } - shift + 0.01 * c.seed as f64;
+        let report = FinetuneReport {
+            task: c.task,
+            method: c.method,
+            steps: 3,
+            adapted_layers: 1,
+            trainable_params: 1,
+            eval_examples: 4,
+            eval_before: Some(Scores {
+                accuracy: 0.5,
+                macro_f1: None,
+                mcc: None,
+                response_loss: None,
+            }),
+            eval_after: Scores {
+                accuracy,
+                macro_f1: Some(accuracy),
+                mcc: None,
+                response_loss: None,
+            },
+            tokens_per_s: 1.0,
+            peak_rss_mb: 1.0,
+            final_loss: Some(0.1),
+            output: c.output.clone().unwrap(),
+        };
+        if c.eval_only.is_none() {
+            let dir = c.output.as_ref().unwrap();
+            std::fs::create_dir_all(dir).unwrap();
+            report.write(&dir.join(SUMMARY)).unwrap();
+        }
+        Ok(report)
+    }
+
+    #[test]
+    fn the_grid_expands_to_selection_then_final_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path());
+        let select = c.selection_runs();
+        assert_eq!(select.len(), 2 * 2);
+        assert!(
+            select
+                .iter()
+                .all(|r| r.seed == 1 && r.phase == Phase::Select)
+        );
+        let chosen = BTreeMap::from([("lora".into(), 1e-3), ("pissa".into(), 1e-4)]);
+        let fin = c.final_runs(&chosen);
+        assert_eq!(fin.len(), 2 * 3);
+        assert!(fin.iter().all(|r| r.lr == chosen[r.method.as_str()]));
+        let mut dirs: Vec<_> = select.iter().chain(&fin).map(|r| r.dir.clone()).collect();
+        dirs.sort();
+        dirs.dedup();
+        assert_eq!(dirs.len(), 10, "every run has its own folder");
+    }
+
+    #[test]
+    fn the_validation_split_is_seeded_disjoint_and_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path());
+        let train = c.base.train.clone().unwrap();
+        let (a, b) = carve_validation(&train, 0.25, 7, &dir.path().join("x")).unwrap();
+        let (a2, b2) = carve_validation(&train, 0.25, 7, &dir.path().join("y")).unwrap();
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+        assert_eq!((read(&a), read(&b)), (read(&a2), read(&b2)));
+        let (t, v): (Vec<String>, Vec<String>) = (
+            read(&a).lines().map(String::from).collect(),
+            read(&b).lines().map(String::from).collect(),
+        );
+        assert_eq!((t.len(), v.len()), (15, 5));
+        assert!(t.iter().all(|row| !v.contains(row)));
+    }
+
+    #[test]
+    fn rates_are_chosen_on_validation_only_and_finished_runs_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path());
+        let tests: Vec<PathBuf> = c.eval_sets.values().cloned().collect();
+        let mut calls: Vec<FinetuneConfig> = Vec::new();
+        let mut record = |cfg: &FinetuneConfig| {
+            calls.push(cfg.clone());
+            fake(cfg)
+        };
+        let report = Experiment::new(&c, &mut record, &mut |_| {}).run().unwrap();
+        // selection: 4 runs on the carved split, before any evaluation set is read
+        let validation = c.output.join("data/validation.jsonl");
+        for cfg in &calls[..4] {
+            assert_eq!(cfg.eval.as_ref(), Some(&validation));
+            assert_eq!(cfg.train.as_ref(), Some(&c.output.join("data/train.jsonl")));
+            assert!(!tests.contains(cfg.eval.as_ref().unwrap()));
+        }
+        assert!(calls.iter().all(|cfg| cfg.train != c.base.train));
+        assert_eq!(report.chosen_lr["lora"], 1e-3);
+        assert_eq!(report.chosen_lr["pissa"], 1e-4);
+        // final: 2 methods × 3 seeds, each scored on both sets
+        assert_eq!(calls.len(), 4 + 6 + 6);
+        let lora = &report.results["lora"];
+        assert!((lora["in-domain"].accuracy.mean - 0.82).abs() < 1e-12);
+        assert!((lora["shifted"].accuracy.mean - 0.72).abs() < 1e-12);
+        assert!((lora["in-domain"].accuracy.sd - 0.01).abs() < 1e-12);
+        // read back: equal up to the last bit of serde_json's float parsing
+        let read = ExperimentReport::read(&c.output.join("summary.json")).unwrap();
+        let json = |r: &ExperimentReport| serde_json::to_value(r).unwrap();
+        assert!(close(&json(&read), &json(&report)), "{read:?}\n{report:?}");
+        assert!(c.output.join("scores.png").is_file());
+        let md = std::fs::read_to_string(c.output.join("summary.md")).unwrap();
+        assert!(
+            md.contains("| lora | 1e-3 |") && md.contains("acc 82.00 ± 1.00"),
+            "{md}"
+        );
+        // a second pass finds every run finished and runs nothing
+        let mut never = |_: &FinetuneConfig| -> Result<FinetuneReport, FinetuneError> {
+            panic!("a finished run was run again")
+        };
+        let again = Experiment::new(&c, &mut never, &mut |_| {}).run().unwrap();
+        assert_eq!(again.results, report.results);
+        assert_eq!(again.chosen_lr, report.chosen_lr);
+    }
+
+    /// Equal JSON values, numbers to a relative 1e-12.
+    fn close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+        use serde_json::Value;
+        match (a, b) {
+            (Value::Number(x), Value::Number(y)) => {
+                let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+                (x - y).abs() <= 1e-12 * x.abs().max(y.abs()).max(1e-300)
+            }
+            (Value::Array(x), Value::Array(y)) => {
+                x.len() == y.len() && x.iter().zip(y).all(|(x, y)| close(x, y))
+            }
+            (Value::Object(x), Value::Object(y)) => {
+                x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| close(v, w)))
+            }
+            _ => a == b,
+        }
+    }
+}

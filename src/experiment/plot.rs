@@ -1,0 +1,94 @@
+//! `scores.png`: per evaluation set, each method's mean accuracy over seeds with its standard
+//! deviation as an error bar.
+
+use std::path::Path;
+
+use balora_train::TrainError;
+use plotters::prelude::*;
+
+use super::ExperimentReport;
+
+/// Draw the report's accuracies as grouped bars with error bars.
+pub(super) fn bars(report: &ExperimentReport, path: &Path) -> Result<(), TrainError> {
+    let err = |e: &dyn std::fmt::Display| TrainError::Plot {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let methods: Vec<&String> = report.results.keys().collect();
+    let sets: Vec<&String> = report
+        .results
+        .values()
+        .next()
+        .map(|s| s.keys().collect())
+        .unwrap_or_default();
+    let slots = (sets.len() * (methods.len() + 1)).max(1);
+    let top = report
+        .results
+        .values()
+        .flat_map(|s| s.values())
+        .map(|m| m.accuracy.mean + m.accuracy.sd)
+        .fold(0.0f64, f64::max)
+        .max(0.01)
+        * 100.0
+        * 1.1;
+    let root = BitMapBackend::new(path, (960, 540)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(&report.name, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0f64..slots as f64, 0f64..top)
+        .map_err(|e| err(&e))?;
+    let label = |x: &f64| {
+        let group = (*x as usize) / (methods.len() + 1);
+        let within = (*x as usize) % (methods.len() + 1);
+        if within == methods.len() / 2 {
+            sets.get(group).map_or(String::new(), |s| s.to_string())
+        } else {
+            String::new()
+        }
+    };
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(slots)
+        .x_label_formatter(&label)
+        .y_desc("accuracy (%), mean ± sd over seeds")
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (mi, method) in methods.iter().enumerate() {
+        let color = Palette99::pick(mi).to_rgba();
+        let mut bars = Vec::new();
+        let mut whiskers = Vec::new();
+        for (si, set) in sets.iter().enumerate() {
+            let Some(m) = report.results[*method].get(*set) else {
+                continue;
+            };
+            let x = (si * (methods.len() + 1) + mi) as f64;
+            let (mean, sd) = (100.0 * m.accuracy.mean, 100.0 * m.accuracy.sd);
+            bars.push(Rectangle::new(
+                [(x + 0.1, 0.0), (x + 0.9, mean)],
+                color.filled(),
+            ));
+            whiskers.push(PathElement::new(
+                vec![(x + 0.5, (mean - sd).max(0.0)), (x + 0.5, mean + sd)],
+                BLACK.stroke_width(2),
+            ));
+        }
+        chart
+            .draw_series(bars)
+            .map_err(|e| err(&e))?
+            .label(method.as_str())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+        chart.draw_series(whiskers).map_err(|e| err(&e))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
