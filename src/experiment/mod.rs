@@ -1,5 +1,6 @@
 //! Experiment grids: methods × seeds × learning rates over one task, each run in its own
-//! folder, resumable, summarised over seeds as JSON, a Markdown table and a PNG.
+//! folder, resumable, summarised over seeds as JSON, a Markdown table and PNGs (accuracy bars
+//! with error bars, learning curves).
 //!
 //! The learning rate is chosen **per method on a validation split carved from the training
 //! data** (seeded, written under `data/`), never on the evaluation sets: tuned learning rates
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::finetune::{FinetuneConfig, FinetuneError, FinetuneReport, MethodName, SUMMARY, Scores};
 use balora_io::IoError;
+use balora_train::metrics::read_metrics;
 
 pub use stats::Summary;
 
@@ -338,8 +340,8 @@ impl<'a> Experiment<'a> {
         Ok(report)
     }
 
-    /// Run the whole grid (skipping finished runs) and write `summary.json`, `summary.md`
-    /// and `scores.png` under the output folder.
+    /// Run the whole grid (skipping finished runs) and write `summary.json`, `summary.md`,
+    /// `scores.png` and `curves.png` under the output folder.
     pub fn run(mut self) -> Result<ExperimentReport, ExperimentError> {
         let c = self.config;
         c.check()?;
@@ -376,8 +378,13 @@ impl<'a> Experiment<'a> {
         // 2. every seed at the chosen rate, scored on every evaluation set
         let (first_name, first_set) = c.eval_sets.iter().next().expect("checked");
         let mut scores: BTreeMap<String, BTreeMap<String, Vec<Scores>>> = BTreeMap::new();
+        let mut curves = Vec::new();
         for spec in c.final_runs(&chosen) {
             let report = self.one(&spec, c.run_config(&spec, &train, first_set))?;
+            let metrics = spec.dir.join("metrics.jsonl");
+            if metrics.is_file() {
+                curves.push((spec.method.as_str().to_string(), read_metrics(&metrics)?));
+            }
             let by_set = scores.entry(spec.method.as_str().into()).or_default();
             by_set
                 .entry(first_name.clone())
@@ -409,6 +416,7 @@ impl<'a> Experiment<'a> {
         write_json(&c.output.join("summary.json"), &report)?;
         balora_io::fs::atomic_write(&c.output.join("summary.md"), report.markdown().as_bytes())?;
         plot::bars(&report, &c.output.join("scores.png"))?;
+        plot::curves(&c.name, &curves, &c.output.join("curves.png"))?;
         Ok(report)
     }
 }
@@ -680,7 +688,7 @@ mod tests {
         let read = ExperimentReport::read(&c.output.join("summary.json")).unwrap();
         let json = |r: &ExperimentReport| serde_json::to_value(r).unwrap();
         assert!(close(&json(&read), &json(&report)), "{read:?}\n{report:?}");
-        assert!(c.output.join("scores.png").is_file());
+        assert!(c.output.join("scores.png").is_file() && c.output.join("curves.png").is_file());
         let md = std::fs::read_to_string(c.output.join("summary.md")).unwrap();
         assert!(
             md.contains("| lora | 1e-3 |") && md.contains("acc 82.00 ± 1.00"),

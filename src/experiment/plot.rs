@@ -1,9 +1,11 @@
 //! `scores.png`: per evaluation set, each method's mean accuracy over seeds with its standard
-//! deviation as an error bar.
+//! deviation as an error bar; `curves.png`: each method's training loss per step, averaged over
+//! its final runs.
 
 use std::path::Path;
 
 use balora_train::TrainError;
+use balora_train::metrics::StepMetrics;
 use plotters::prelude::*;
 
 use super::ExperimentReport;
@@ -82,6 +84,89 @@ pub(super) fn bars(report: &ExperimentReport, path: &Path) -> Result<(), TrainEr
             .label(method.as_str())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
         chart.draw_series(whiskers).map_err(|e| err(&e))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// Draw each method's task loss per step, the mean over its runs' `metrics.jsonl`.
+pub(super) fn curves(
+    name: &str,
+    runs: &[(String, Vec<StepMetrics>)],
+    path: &Path,
+) -> Result<(), TrainError> {
+    let err = |e: &dyn std::fmt::Display| TrainError::Plot {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let mut by_method: std::collections::BTreeMap<&str, Vec<(f64, usize)>> = Default::default();
+    for (method, metrics) in runs {
+        let sums = by_method.entry(method.as_str()).or_default();
+        for m in metrics {
+            if sums.len() < m.step {
+                sums.resize(m.step, (0.0, 0));
+            }
+            sums[m.step - 1].0 += m.task;
+            sums[m.step - 1].1 += 1;
+        }
+    }
+    let series: Vec<(&str, Vec<(usize, f64)>)> = by_method
+        .into_iter()
+        .map(|(m, sums)| {
+            let points = sums
+                .into_iter()
+                .enumerate()
+                .filter(|(_, (_, n))| *n > 0)
+                .map(|(i, (s, n))| (i + 1, s / n as f64))
+                .collect();
+            (m, points)
+        })
+        .collect();
+    let values = series.iter().flat_map(|(_, p)| p.iter().map(|v| v.1));
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+        (a.min(v), b.max(v))
+    });
+    let (lo, hi) = if lo.is_finite() {
+        (lo, hi.max(lo + 1e-6))
+    } else {
+        (0.0, 1.0)
+    };
+    let last = series
+        .iter()
+        .filter_map(|(_, p)| p.last().map(|v| v.0))
+        .max()
+        .unwrap_or(1)
+        .max(2);
+    let root = BitMapBackend::new(path, (900, 540)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("{name}: training loss"), ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(1usize..last, lo..hi)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("optimizer step")
+        .y_desc("task loss, mean over seeds")
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (i, (method, points)) in series.into_iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(method)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()
