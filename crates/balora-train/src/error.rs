@@ -33,6 +33,17 @@ pub enum TrainError {
         /// The value.
         value: f64,
     },
+    /// Another live process holds the output folder's lock.
+    #[error(
+        "{path}: another run (process {pid}) is writing to this output folder; wait for it to \
+         finish or choose another output folder"
+    )]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+        /// The process holding it.
+        pid: u32,
+    },
     /// Files (checkpoints, adapters, metrics).
     #[error(transparent)]
     Io(#[from] balora_io::IoError),

@@ -97,6 +97,59 @@ fn latest_checkpoint(output: &Path) -> Option<PathBuf> {
     has_checkpoint(&dir).then_some(dir)
 }
 
+/// `.lock` in the output folder, holding the writer's process id, so two runs never
+/// interleave their checkpoints and metrics; removed when the trainer is dropped. A lock whose
+/// process is gone (a run killed with SIGKILL) is taken over, so `--resume` after a crash works.
+struct OutputLock {
+    path: PathBuf,
+}
+
+impl OutputLock {
+    fn acquire(dir: &Path) -> Result<Self, TrainError> {
+        use std::io::Write;
+        let path = dir.join(".lock");
+        let me = std::process::id();
+        let fs_err = |source| balora_io::IoError::Fs {
+            path: path.clone(),
+            source,
+        };
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut file) => write!(file, "{me}").map_err(fs_err)?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let holder = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u32>().ok());
+                if let Some(pid) = holder.filter(|&pid| process_alive(pid)) {
+                    return Err(TrainError::Locked { path, pid });
+                }
+                balora_io::fs::atomic_write(&path, me.to_string().as_bytes())?;
+            }
+            Err(e) => return Err(fs_err(e).into()),
+        }
+        Ok(Self { path })
+    }
+}
+
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Whether process `pid` exists (Linux: `/proc/<pid>`; elsewhere every holder counts as
+/// alive, and a stale lock is removed by hand).
+fn process_alive(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        Path::new(&format!("/proc/{pid}")).exists()
+    } else {
+        true
+    }
+}
+
 /// Result of a run.
 #[derive(Debug, Clone)]
 pub struct RunSummary {
@@ -182,6 +235,7 @@ pub struct Trainer<M, O> {
     output: PathBuf,
     device: Device,
     observers: Vec<Box<dyn Observer>>,
+    _lock: OutputLock,
     started: bool,
     tokens: usize,
     clock: Option<Instant>,
@@ -194,7 +248,7 @@ where
     O: Objective<M>,
 {
     /// A trainer of `model` on `examples` (padded with `pad_id`) writing into `output`
-    /// (created if missing), at step 0.
+    /// (created if missing), at step 0. Fails if another live run holds `output`'s lock.
     pub fn new(
         model: M,
         objective: O,
@@ -214,6 +268,7 @@ where
             path: output.to_path_buf(),
             source,
         })?;
+        let lock = OutputLock::acquire(output)?;
         let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
         let batches = epoch_batches(&lengths, config.batch_size, config.seed, 0);
         Ok(Self {
@@ -234,6 +289,7 @@ where
             output: output.to_path_buf(),
             device: device.clone(),
             observers: vec![Box::new(JsonlLog::new(output))],
+            _lock: lock,
             started: false,
             tokens: 0,
             clock: None,

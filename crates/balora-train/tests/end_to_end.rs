@@ -18,7 +18,9 @@ use balora_train::data::{
 };
 use balora_train::metrics::{StepMetrics, read_metrics};
 use balora_train::schedule::LrSchedule;
-use balora_train::{LoopConfig, NlgObjective, NluObjective, TorchAdamWConfig, Trainer};
+use balora_train::{
+    LoopConfig, NlgObjective, NluObjective, Objective, TorchAdamWConfig, TrainError, Trainer,
+};
 use burn::module::Module;
 use burn::tensor::{DType, Device};
 
@@ -228,6 +230,120 @@ fn a_resumed_run_reproduces_the_uninterrupted_loss_curve() {
         assert_eq!(a.len(), 10);
         assert_eq!(loss(&a), loss(&b), "{method}: resumed curve differs");
     }
+}
+
+/// An objective whose loss turns NaN at optimizer step `bad` (0-based), as a diverging run's
+/// does.
+struct NanAt<O> {
+    inner: O,
+    bad: usize,
+}
+
+impl<M, O: Objective<M>> Objective<M> for NanAt<O> {
+    fn loss(
+        &self,
+        model: &M,
+        batch: &TokenBatch,
+        labels: &[i64],
+        step: usize,
+    ) -> Result<balora_losses::LossOutput, TrainError> {
+        let mut out = self.inner.loss(model, batch, labels, step)?;
+        if step == self.bad {
+            out.loss = out.loss.mul_scalar(f64::NAN);
+        }
+        Ok(out)
+    }
+    fn token_labels(&self) -> bool {
+        self.inner.token_labels()
+    }
+}
+
+/// A NaN loss at step 4 stops the run with an error naming the step; the checkpoint of step 3
+/// is intact, nothing of step 4 is logged, and `resume` from it (the fault gone) reproduces the
+/// uninterrupted run's metrics bit for bit.
+#[test]
+fn a_nan_loss_stops_the_run_and_the_last_checkpoint_resumes_it() {
+    let _turn = exclusive();
+    let steps = 6;
+    let lc = LoopConfig {
+        save_every: 1,
+        ..loop_config(steps)
+    };
+    let trainer = |dir: &Path, bad: usize| {
+        let (model, _) = inject(tiny_llama(), &adapter("lora")).unwrap();
+        let objective = NanAt {
+            inner: NlgObjective::new(None, &model),
+            bad,
+        };
+        Trainer::new(
+            model,
+            objective,
+            nlg_examples(),
+            0,
+            lc.clone(),
+            dir,
+            &device(),
+        )
+        .unwrap()
+    };
+    let full = tempfile::tempdir().unwrap();
+    trainer(full.path(), usize::MAX).fit().unwrap();
+    let faulty = tempfile::tempdir().unwrap();
+    let err = trainer(faulty.path(), 3)
+        .fit()
+        .expect_err("the NaN must stop the run");
+    assert!(
+        matches!(err, TrainError::NonFinite { step: 4, .. }),
+        "{err}"
+    );
+    let latest = std::fs::read_to_string(faulty.path().join("latest")).unwrap();
+    assert_eq!(latest, "checkpoint-3");
+    let logged = read_metrics::<StepMetrics>(&faulty.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(logged.len(), 3);
+    let mut again = trainer(faulty.path(), usize::MAX);
+    assert!(again.resume().unwrap());
+    assert_eq!(again.state().step, 3);
+    again.fit().unwrap();
+    let a = std::fs::read(full.path().join("metrics.jsonl")).unwrap();
+    let b = std::fs::read(faulty.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        a, b,
+        "the resumed run's metrics differ from the uninterrupted run's"
+    );
+}
+
+/// Two trainers on one output folder: the second is refused while the first lives (its
+/// lock names this process), and the folder is free again once the first is gone.
+#[test]
+fn a_second_run_on_the_same_output_folder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let make = || {
+        let (model, _) = inject(tiny_llama(), &adapter("lora")).unwrap();
+        let objective = NlgObjective::new(None, &model);
+        let lc = loop_config(2);
+        Trainer::new(
+            model,
+            objective,
+            nlg_examples(),
+            0,
+            lc,
+            dir.path(),
+            &device(),
+        )
+    };
+    let first = make().unwrap();
+    let err = make().err().expect("the folder is taken");
+    let text = err.to_string();
+    assert!(matches!(err, TrainError::Locked { pid, .. } if pid == std::process::id()));
+    assert!(
+        text.contains(".lock") && text.contains("another run"),
+        "{text}"
+    );
+    drop(first);
+    assert!(make().is_ok(), "a released folder is free again");
+    // a lock left by a process that no longer exists (killed) is taken over
+    std::fs::write(dir.path().join(".lock"), "999999999").unwrap();
+    assert!(make().is_ok(), "a stale lock must not block a resume");
 }
 
 #[test]
