@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use balora_train::TrainError;
-use balora_train::metrics::StepMetrics;
+use balora_train::metrics::{Line, StepMetrics, line_chart};
 use plotters::prelude::*;
 
 use super::ExperimentReport;
@@ -101,10 +101,6 @@ pub(super) fn curves(
     runs: &[(String, Vec<StepMetrics>)],
     path: &Path,
 ) -> Result<(), TrainError> {
-    let err = |e: &dyn std::fmt::Display| TrainError::Plot {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
     let mut by_method: std::collections::BTreeMap<&str, Vec<(f64, usize)>> = Default::default();
     for (method, metrics) in runs {
         let sums = by_method.entry(method.as_str()).or_default();
@@ -116,64 +112,20 @@ pub(super) fn curves(
             sums[m.step - 1].1 += 1;
         }
     }
-    let series: Vec<(&str, Vec<(usize, f64)>)> = by_method
+    let lines: Vec<Line> = by_method
         .into_iter()
-        .map(|(m, sums)| {
-            let points = sums
+        .enumerate()
+        .map(|(i, (method, sums))| Line {
+            name: method.into(),
+            rgb: Palette99::pick(i).rgb(),
+            points: sums
                 .into_iter()
                 .enumerate()
                 .filter(|(_, (_, n))| *n > 0)
-                .map(|(i, (s, n))| (i + 1, s / n as f64))
-                .collect();
-            (m, points)
+                .map(|(step, (sum, n))| (step + 1, sum / n as f64))
+                .collect(),
         })
         .collect();
-    let values = series.iter().flat_map(|(_, p)| p.iter().map(|v| v.1));
-    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
-        (a.min(v), b.max(v))
-    });
-    let (lo, hi) = if lo.is_finite() {
-        (lo, hi.max(lo + 1e-6))
-    } else {
-        (0.0, 1.0)
-    };
-    let last = series
-        .iter()
-        .filter_map(|(_, p)| p.last().map(|v| v.0))
-        .max()
-        .unwrap_or(1)
-        .max(2);
-    let root = BitMapBackend::new(path, (900, 540)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{name}: training loss"), ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(56)
-        .build_cartesian_2d(1usize..last, lo..hi)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("optimizer step")
-        .y_desc("task loss, mean over seeds")
-        .draw()
-        .map_err(|e| err(&e))?;
-    for (i, (method, points)) in series.into_iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        chart
-            .draw_series(LineSeries::new(points, color.stroke_width(2)))
-            .map_err(|e| err(&e))?
-            .label(method)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+    let caption = format!("{name}: training loss");
+    line_chart(path, &caption, "task loss, mean over seeds", &lines)
 }

@@ -138,51 +138,65 @@ pub fn read_metrics<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T
         .collect()
 }
 
-/// Draw the task loss and each weighted regulariser against the step into a PNG.
+/// One line of a [`line_chart`]: its legend, colour and `(step, value)` points.
 #[cfg(feature = "plot")]
-pub fn plot_losses(metrics: &[StepMetrics], path: &Path) -> Result<(), TrainError> {
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    /// The legend entry.
+    pub name: String,
+    /// The colour, RGB.
+    pub rgb: (u8, u8, u8),
+    /// `(optimizer step, value)`; non-finite values are left out.
+    pub points: Vec<(usize, f64)>,
+}
+
+/// Draw `lines` against the optimizer step into a PNG (lines without a finite point are left
+/// out, legend included).
+#[cfg(feature = "plot")]
+pub fn line_chart(
+    path: &Path,
+    caption: &str,
+    y_desc: &str,
+    lines: &[Line],
+) -> Result<(), TrainError> {
     use plotters::prelude::*;
     let err = |e: &dyn std::fmt::Display| TrainError::Plot {
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
-    type Series = (&'static str, fn(&StepMetrics) -> Option<f64>, RGBColor);
-    let series: [Series; 6] = [
-        ("total loss", |m| Some(m.loss), BLACK),
-        ("task loss", |m| Some(m.task), BLUE),
-        (
-            "λ1·consistency",
-            |m| m.consistency.map(|v| v * m.lambdas[0]),
-            RED,
-        ),
-        (
-            "λ2·diversity",
-            |m| m.diversity.map(|v| v * m.lambdas[1]),
-            GREEN,
-        ),
-        ("λ3·svd", |m| m.svd.map(|v| v * m.lambdas[2]), MAGENTA),
-        ("monteclora", |m| m.monteclora, CYAN),
-    ];
-    let points: Vec<f64> = metrics
+    let lines: Vec<(&Line, Vec<(usize, f64)>)> = lines
         .iter()
-        .flat_map(|m| series.iter().filter_map(move |(_, f, _)| f(m)))
-        .filter(|v| v.is_finite())
+        .map(|l| {
+            (
+                l,
+                l.points
+                    .iter()
+                    .copied()
+                    .filter(|p| p.1.is_finite())
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .filter(|(_, p)| !p.is_empty())
         .collect();
-    let (lo, hi) = points
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
-            (a.min(v), b.max(v))
-        });
+    let values = lines.iter().flat_map(|(_, p)| p.iter().map(|v| v.1));
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+        (a.min(v), b.max(v))
+    });
     let (lo, hi) = if lo.is_finite() {
         (lo, hi.max(lo + 1e-6))
     } else {
         (0.0, 1.0)
     };
-    let last = metrics.last().map_or(1, |m| m.step.max(1));
+    let last = lines
+        .iter()
+        .filter_map(|(_, p)| p.iter().map(|v| v.0).max())
+        .max()
+        .unwrap_or(1)
+        .max(1);
     let root = BitMapBackend::new(path, (900, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("balora training", ("sans-serif", 22))
+        .caption(caption, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(56)
@@ -191,21 +205,16 @@ pub fn plot_losses(metrics: &[StepMetrics], path: &Path) -> Result<(), TrainErro
     chart
         .configure_mesh()
         .x_desc("optimizer step")
-        .y_desc("loss")
+        .y_desc(y_desc)
         .draw()
         .map_err(|e| err(&e))?;
-    for (name, f, color) in series {
-        let pts: Vec<(usize, f64)> = metrics
-            .iter()
-            .filter_map(|m| f(m).filter(|v| v.is_finite()).map(|v| (m.step, v)))
-            .collect();
-        if pts.is_empty() {
-            continue;
-        }
+    for (line, points) in lines {
+        let (r, g, b) = line.rgb;
+        let color = RGBColor(r, g, b);
         chart
-            .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))
             .map_err(|e| err(&e))?
-            .label(name)
+            .label(line.name.as_str())
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
             });
@@ -218,4 +227,38 @@ pub fn plot_losses(metrics: &[StepMetrics], path: &Path) -> Result<(), TrainErro
         .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
+}
+
+/// Draw the task loss and each weighted regulariser against the step into a PNG.
+#[cfg(feature = "plot")]
+pub fn plot_losses(metrics: &[StepMetrics], path: &Path) -> Result<(), TrainError> {
+    type Series = (&'static str, fn(&StepMetrics) -> Option<f64>, (u8, u8, u8));
+    let series: [Series; 6] = [
+        ("total loss", |m| Some(m.loss), (0, 0, 0)),
+        ("task loss", |m| Some(m.task), (0, 0, 255)),
+        (
+            "λ1·consistency",
+            |m| m.consistency.map(|v| v * m.lambdas[0]),
+            (255, 0, 0),
+        ),
+        (
+            "λ2·diversity",
+            |m| m.diversity.map(|v| v * m.lambdas[1]),
+            (0, 255, 0),
+        ),
+        ("λ3·svd", |m| m.svd.map(|v| v * m.lambdas[2]), (255, 0, 255)),
+        ("monteclora", |m| m.monteclora, (0, 255, 255)),
+    ];
+    let lines: Vec<Line> = series
+        .into_iter()
+        .map(|(name, f, rgb)| Line {
+            name: name.into(),
+            rgb,
+            points: metrics
+                .iter()
+                .filter_map(|m| f(m).map(|v| (m.step, v)))
+                .collect(),
+        })
+        .collect();
+    line_chart(path, "balora training", "loss", &lines)
 }
