@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use balora_adapters::{InitMode, LoraConfig, TargetModules, clear_variants, inject};
+use balora_adapters::{AdapterSlots, InitMode, LoraConfig, TargetModules, clear_variants, inject};
 use balora_bert::BertForSequenceClassification;
 use balora_io::{SaveOptions, TaskType, save_adapter};
 use balora_llama::LlamaForCausalLM;
@@ -23,6 +23,7 @@ use balora_train::schedule::LrSchedule;
 use balora_train::{
     LoopConfig, NlgObjective, NluObjective, Objective, TorchAdamWConfig, TrainError, Trainer,
 };
+use burn::module::Module;
 use burn::tensor::{DType, Device};
 
 const STEPS: usize = 12;
@@ -117,20 +118,7 @@ fn run(task: &str, dir: &Path, resume: bool, seed: u64) {
         let (model, _) = inject(base, &cfg).unwrap();
         let balora = BaLoraLoss::new(RegularizerConfig::paper(Task::Nlu), STEPS).unwrap();
         let objective = Slow(NluObjective::new(Some(balora), &model));
-        let mut trainer = Trainer::new(
-            model,
-            objective,
-            examples(task),
-            0,
-            lc.clone(),
-            dir,
-            &device,
-        )
-        .unwrap();
-        if resume {
-            trainer.resume().unwrap();
-        }
-        let (model, _) = trainer.fit().unwrap();
+        let model = fit(model, objective, examples(task), lc, dir, resume, &device);
         save_adapter(
             &model,
             &cfg,
@@ -145,20 +133,7 @@ fn run(task: &str, dir: &Path, resume: bool, seed: u64) {
         let (model, _) = inject(base, &cfg).unwrap();
         let balora = BaLoraLoss::new(RegularizerConfig::paper(Task::Nlg), STEPS).unwrap();
         let objective = Slow(NlgObjective::new(Some(balora), &model));
-        let mut trainer = Trainer::new(
-            model,
-            objective,
-            examples(task),
-            0,
-            lc.clone(),
-            dir,
-            &device,
-        )
-        .unwrap();
-        if resume {
-            trainer.resume().unwrap();
-        }
-        let (mut model, _) = trainer.fit().unwrap();
+        let mut model = fit(model, objective, examples(task), lc, dir, resume, &device);
         clear_variants(&mut model);
         save_adapter(
             &model,
@@ -168,6 +143,23 @@ fn run(task: &str, dir: &Path, resume: bool, seed: u64) {
         )
         .unwrap();
     }
+}
+
+/// Train to the end (continuing from `dir`'s checkpoint with `resume`) and return the model.
+fn fit<M: Module + AdapterSlots, O: Objective<M>>(
+    model: M,
+    objective: O,
+    examples: Vec<Example>,
+    lc: LoopConfig,
+    dir: &Path,
+    resume: bool,
+    device: &Device,
+) -> M {
+    let mut trainer = Trainer::new(model, objective, examples, 0, lc, dir, device).unwrap();
+    if resume {
+        trainer.resume().unwrap();
+    }
+    trainer.fit().unwrap().0
 }
 
 /// The child process: `BALORA_REPRO_CHILD=task:dir:resume:seed`.
