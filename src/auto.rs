@@ -7,7 +7,7 @@ use std::path::Path;
 use balora_adapters::{AdapterSlots, LoraLinear, SavedParam, SavedParamMut};
 use balora_bert::BertForSequenceClassification;
 use balora_gpt2::Gpt2LmHeadModel;
-use balora_io::{IoError, MODEL_CONFIG};
+use balora_io::MODEL_CONFIG;
 use balora_llama::LlamaForCausalLM;
 use balora_model::generation::generate_uncached;
 use balora_model::{CausalLm, GenerationConfig, ModelError, TokenBatch};
@@ -45,9 +45,7 @@ impl Architecture {
         struct ModelType {
             model_type: String,
         }
-        let path = dir.join(MODEL_CONFIG);
-        let ModelType { model_type } = serde_json::from_slice(&balora_io::fs::read(&path)?)
-            .map_err(|source| IoError::Json { path, source })?;
+        let ModelType { model_type } = balora_io::fs::read_json(&dir.join(MODEL_CONFIG))?;
         Self::of_model_type(&model_type).ok_or(ModelError::UnsupportedConfig {
             key: "model_type",
             value: model_type,

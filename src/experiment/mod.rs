@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::finetune::{FinetuneConfig, FinetuneError, FinetuneReport, MethodName, SUMMARY, Scores};
 use balora_io::IoError;
+use balora_io::fs::{read_json, write_json};
 use balora_train::metrics::read_metrics;
 
 pub use stats::Summary;
@@ -433,13 +434,7 @@ fn evaluate_saved(
 ) -> Result<Scores, ExperimentError> {
     let cache = spec.dir.join(format!("eval-{name}.json"));
     if cache.is_file() {
-        return serde_json::from_slice(&balora_io::fs::read(&cache)?).map_err(|source| {
-            IoError::Json {
-                path: cache,
-                source,
-            }
-            .into()
-        });
+        return Ok(read_json(&cache)?);
     }
     let config = FinetuneConfig {
         eval_only: Some(spec.dir.join("adapter")),
@@ -467,21 +462,10 @@ fn summarise(scores: &[Scores]) -> MetricSummaries {
     }
 }
 
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ExperimentError> {
-    let json = serde_json::to_vec_pretty(value).map_err(|source| IoError::Json {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok(balora_io::fs::atomic_write(path, &json)?)
-}
-
 impl ExperimentReport {
     /// Read a grid's `summary.json`.
     pub fn read(path: &Path) -> Result<Self, IoError> {
-        serde_json::from_slice(&balora_io::fs::read(path)?).map_err(|source| IoError::Json {
-            path: path.to_path_buf(),
-            source,
-        })
+        read_json(path)
     }
 
     /// The Markdown table: one row per method, one column per evaluation set, mean ± sd

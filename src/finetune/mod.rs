@@ -151,19 +151,12 @@ pub const SUMMARY: &str = "summary.json";
 impl FinetuneReport {
     /// Read a run's `summary.json`.
     pub fn read(path: &Path) -> Result<Self, IoError> {
-        serde_json::from_slice(&balora_io::fs::read(path)?).map_err(|source| IoError::Json {
-            path: path.to_path_buf(),
-            source,
-        })
+        balora_io::fs::read_json(path)
     }
 
     /// Write it (atomically) to `path`.
     pub fn write(&self, path: &Path) -> Result<(), IoError> {
-        let json = serde_json::to_vec_pretty(self).map_err(|source| IoError::Json {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        balora_io::fs::atomic_write(path, &json)
+        balora_io::fs::write_json(path, self)
     }
 }
 

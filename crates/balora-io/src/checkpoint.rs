@@ -148,8 +148,7 @@ impl HfCheckpoint {
 
     /// Parse `config.json` into `T`.
     pub fn config<T: DeserializeOwned>(&self) -> Result<T, IoError> {
-        let path = self.dir.join(MODEL_CONFIG);
-        serde_json::from_slice(&read(&path)?).map_err(|source| IoError::Json { path, source })
+        crate::fs::read_json(&self.dir.join(MODEL_CONFIG))
     }
 
     /// Load every shard into `module`. Fails on a shape mismatch (naming the file, key and both

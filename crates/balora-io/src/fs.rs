@@ -1,10 +1,31 @@
-//! Atomic file writes: a crash mid-save never leaves a half-written file in place.
+//! Atomic file writes (a crash mid-save never leaves a half-written file in place), reads
+//! whose errors name the file, and JSON files through both.
 
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::Path;
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
 use crate::IoError;
+
+/// Parse the JSON file at `path` into `T`; errors name the file.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, IoError> {
+    serde_json::from_slice(&read(path)?).map_err(|source| IoError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Write `value` to `path` as pretty-printed JSON, atomically.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), IoError> {
+    let json = serde_json::to_vec_pretty(value).map_err(|source| IoError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    atomic_write(path, &json)
+}
 
 /// Write `bytes` to `path` atomically: write a temporary sibling, flush it to disk, then rename
 /// it over `path` (a rename within one directory is atomic on POSIX and NTFS).

@@ -6,8 +6,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use balora_io::IoError;
+use balora_io::fs::{read_json, write_json};
 use balora_io::tensors::{SafetensorsFile, write_safetensors};
-use balora_io::{IoError, fs::atomic_write, fs::read};
 use burn::module::{Module, Param};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -84,12 +85,8 @@ pub fn save_checkpoint<M: Module>(
         tensors.insert(format!("adam.{k}"), v);
     }
     write_safetensors(&dir.join(TENSORS), &tensors)?;
-    let json = serde_json::to_vec_pretty(state).map_err(|source| IoError::Json {
-        path: dir.join(STATE),
-        source,
-    })?;
     // the JSON is written last: its presence marks a complete checkpoint
-    atomic_write(&dir.join(STATE), &json)?;
+    write_json(&dir.join(STATE), state)?;
     Ok(())
 }
 
@@ -105,12 +102,7 @@ pub fn load_checkpoint<M: Module>(
     optim: &mut TorchAdamW,
     device: &Device,
 ) -> Result<(M, LoopState), TrainError> {
-    let state_path = dir.join(STATE);
-    let state: LoopState =
-        serde_json::from_slice(&read(&state_path)?).map_err(|source| IoError::Json {
-            path: state_path.clone(),
-            source,
-        })?;
+    let state: LoopState = read_json(&dir.join(STATE))?;
     let file = SafetensorsFile::open(&dir.join(TENSORS))?;
     let mut restore = Restore {
         file: &file,
