@@ -12,7 +12,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use balora::experiment::{Experiment, ExperimentConfig};
 use balora::finetune::{MethodName, finetune};
 use clap::Parser;
@@ -40,10 +40,7 @@ fn main() -> Result<()> {
         (None, Some(path)) => path.clone(),
         (None, None) => anyhow::bail!("give --suite NAME or --config FILE"),
     };
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let mut config: ExperimentConfig =
-        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let mut config = ExperimentConfig::read(&path)?;
     if o.smoke {
         config.methods = vec![MethodName::Lora, MethodName::Balora];
         config.seeds = vec![1, 2];

@@ -13,7 +13,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 #[path = "common/assets.rs"]
 mod assets;
 
@@ -23,7 +23,6 @@ use balora::finetune::{
 };
 use clap::Parser;
 use serde::Serialize;
-use serde_json::Value;
 
 /// Every option, from the command line or (same names) a TOML file given with `--config`;
 /// the command line wins. Each one is a field of `balora::finetune::FinetuneConfig`, whose
@@ -172,27 +171,10 @@ struct Options {
 
 /// The run's config: the `--config` file's keys, overridden by the options given.
 fn resolve(cli: &Options) -> Result<FinetuneConfig> {
-    let mut merged = serde_json::Map::new();
-    let source = match &cli.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let file: toml::Table =
-                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-            merged.extend(
-                serde_json::to_value(file)?
-                    .as_object()
-                    .cloned()
-                    .unwrap_or_default(),
-            );
-            path.display().to_string()
-        }
-        None => "the command line".into(),
-    };
-    if let Value::Object(given) = serde_json::to_value(cli)? {
-        merged.extend(given.into_iter().filter(|(_, v)| !v.is_null()));
-    }
-    serde_json::from_value(Value::Object(merged)).with_context(|| format!("options in {source}"))
+    Ok(FinetuneConfig::resolve(
+        cli.config.as_deref(),
+        serde_json::to_value(cli)?,
+    )?)
 }
 
 /// The project's real model and data for the task's default run, fetched on first use.

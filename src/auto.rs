@@ -215,6 +215,13 @@ impl CausalLm for AutoCausalLm {
             Self::Gpt2(m) => m.vocab_size(),
         }
     }
+
+    fn max_len(&self) -> Option<usize> {
+        match self {
+            Self::Llama(m) => m.max_len(),
+            Self::Gpt2(m) => m.max_len(),
+        }
+    }
 }
 
 /// The sequence classifier of any supported encoder family (BERT, RoBERTa, MiniLM): see

@@ -113,6 +113,14 @@ pub struct MetricSummaries {
 /// A grid could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ExperimentError {
+    /// A grid file that does not parse.
+    #[error("{path}: {reason}")]
+    File {
+        /// The TOML file.
+        path: PathBuf,
+        /// The parser's message (naming the key).
+        reason: String,
+    },
     /// A setting no grid can use.
     #[error("experiment {name}: {reason}")]
     Config {
@@ -143,7 +151,23 @@ fn lr_dir(lr: f64) -> String {
 }
 
 impl ExperimentConfig {
-    fn check(&self) -> Result<(), ExperimentError> {
+    /// Read a grid from the TOML file `path` and check it ([`check`](Self::check)).
+    pub fn read(path: &Path) -> Result<Self, ExperimentError> {
+        let bytes = balora_io::fs::read(path)?;
+        let bad = |reason: String| ExperimentError::File {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text = String::from_utf8(bytes).map_err(|e| bad(e.to_string()))?;
+        let config: Self = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Refuse a grid no run of which could start: empty lists, learning rates that are not
+    /// positive finite numbers, a validation fraction outside (0, 1), a base that is not a
+    /// valid run.
+    pub fn check(&self) -> Result<(), ExperimentError> {
         let bad = |reason: &str| {
             Err(ExperimentError::Config {
                 name: self.name.clone(),
@@ -162,6 +186,17 @@ impl ExperimentConfig {
         if self.base.train.is_none() || self.base.model.is_none() {
             return bad("base.model and base.train are required");
         }
+        if let Some(lr) = self
+            .learning_rates
+            .iter()
+            .find(|lr| !(lr.is_finite() && **lr > 0.0))
+        {
+            return bad(&format!("learning rate {lr} is not a finite value > 0"));
+        }
+        self.base.validate().map_err(|e| ExperimentError::Config {
+            name: self.name.clone(),
+            reason: format!("base: {e}"),
+        })?;
         Ok(())
     }
 
@@ -242,6 +277,13 @@ pub fn carve_validation(
         .and_then(|e| e.to_str())
         .unwrap_or("jsonl");
     let mut lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return Err(balora_train::TrainError::EmptyDataset {
+            path: train.to_path_buf(),
+            reason: "the file has no rows".into(),
+        }
+        .into());
+    }
     let header = matches!(ext, "tsv" | "csv")
         .then(|| lines.remove(0))
         .map(str::to_string);

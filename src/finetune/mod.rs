@@ -5,31 +5,31 @@
 //! what the `finetune` example (and an experiment grid) runs.
 
 mod config;
+mod resolve;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use balora_adapters::{
-    AdapterError, AdapterSlots, InjectionReport, LoraConfig, TargetModules, clear_variants, inject,
+    AdapterError, AdapterSlots, InjectionReport, LoraConfig, clear_variants, inject,
 };
 use balora_bert::BertForSequenceClassification;
 use balora_io::{
     ChatTemplate, IoError, MergeOptions, SaveOptions, TaskType, load_adapter, load_tokenizer,
     save_adapter, save_merged,
 };
+use balora_losses::LossError;
 use balora_losses::task::causal_lm_loss;
-use balora_losses::{LossError, Task};
 use balora_model::{CausalLm, GenerationConfig, ModelError, SequenceClassifier};
 use balora_train::data::{
-    Example, LabelSet, PromptFormat, collate, read_nlg_jsonl, read_nlu, tokenize_nlg, tokenize_nlu,
+    Example, LabelSet, PromptFormat, check_examples, collate, read_nlg_jsonl, read_nlu,
+    tokenize_nlg, tokenize_nlu,
 };
 use balora_train::eval::{answer_matches, classification_metrics};
 use balora_train::metrics::peak_rss_mb;
-use balora_train::schedule::LrSchedule;
 use balora_train::{
-    LoopConfig, Method, NlgObjective, NluObjective, Objective, RunSummary, TorchAdamWConfig,
-    TrainError, Trainer,
+    LoopConfig, Method, NlgObjective, NluObjective, Objective, RunSummary, TrainError, Trainer,
 };
 use burn::module::Module;
 use burn::tensor::{DType, Device};
@@ -45,6 +45,14 @@ pub use config::{
 /// A run could not be set up or did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum FinetuneError {
+    /// A run file (or the command line) that does not parse into settings.
+    #[error("{path}: {reason}")]
+    File {
+        /// The TOML file, or "the command line".
+        path: PathBuf,
+        /// The parser's message (naming the key).
+        reason: String,
+    },
     /// A setting no run can use.
     #[error("invalid setting {key} = {value}: {reason}")]
     Setting {
@@ -218,39 +226,7 @@ fn required(path: &Option<PathBuf>, key: &'static str) -> Result<PathBuf, Finetu
 
 impl<'a> Run<'a> {
     fn new(config: &'a FinetuneConfig) -> Result<Self, FinetuneError> {
-        let task = match config.task {
-            TaskKind::Nlg => Task::Nlg,
-            TaskKind::Nlu => Task::Nlu,
-        };
-        let checkpoint_teacher = config.teacher == TeacherSource::Checkpoint;
-        if !checkpoint_teacher && let Some(dir) = &config.teacher_model {
-            return Err(setting(
-                "teacher_model",
-                dir.display(),
-                "only read with teacher = checkpoint",
-            ));
-        }
-        if checkpoint_teacher
-            && (config.task != TaskKind::Nlg || config.method != MethodName::Balora)
-        {
-            return Err(setting(
-                "teacher",
-                "checkpoint",
-                "applies to method balora on task nlg (a classifier's new head has no \
-                 pretrained teacher)",
-            ));
-        }
-        let mut method = Method::from_name(
-            config.method.as_str(),
-            task,
-            config.pissa_niter,
-            config.preset.as_str(),
-        )?;
-        if let Some(r) = method.regularizers_mut() {
-            r.lambda_consistency = config.lambda_consistency.unwrap_or(r.lambda_consistency);
-            r.lambda_diversity = config.lambda_diversity.unwrap_or(r.lambda_diversity);
-            r.lambda_svd = config.lambda_svd.unwrap_or(r.lambda_svd);
-        }
+        let method = config.validate()?;
         let device = parse_device(&config.device, true)?;
         let dtype = match config.dtype {
             DtypeName::F32 => DType::F32,
@@ -273,14 +249,21 @@ impl<'a> Run<'a> {
                 ),
             ));
         }
-        let output = config
-            .output
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(format!("runs/{}-{}", config.task, config.method)));
-        std::fs::create_dir_all(&output).map_err(|source| IoError::Fs {
-            path: output.clone(),
-            source,
-        })?;
+        // the trainer makes the output folder and refuses one whose parent is missing; the
+        // default `runs/` is this command's own, so it is made here
+        let output = match &config.output {
+            Some(output) => output.clone(),
+            None => {
+                let runs = PathBuf::from("runs");
+                std::fs::create_dir_all(&runs).map_err(|source| IoError::Fs {
+                    path: runs.clone(),
+                    source,
+                })?;
+                runs.join(format!("{}-{}", config.task, config.method))
+            }
+        };
+        // refused now, not after the model is loaded
+        balora_train::create_output(&output)?;
         Ok(Self {
             config,
             device,
@@ -294,61 +277,10 @@ impl<'a> Run<'a> {
         })
     }
 
-    /// The adapter: rank, α (default 2r), targets (default every linear layer), the method's
-    /// initialisation and variant, the run's seed.
+    /// The adapter on the architecture's layers (default: every linear layer).
     fn adapter_config(&self) -> Result<LoraConfig, FinetuneError> {
-        let c = self.config;
-        let targets = match &c.target_modules {
-            Some(t) if c.target_regex => TargetModules::Regex(t.clone()),
-            Some(t) => TargetModules::names(t.split(',').map(str::trim).filter(|s| !s.is_empty())),
-            None => TargetModules::names(self.architecture.all_linear_targets().iter().copied()),
-        };
-        let config = self.method.adapter_config(
-            LoraConfig::new(c.rank, targets)
-                .with_lora_alpha(c.alpha.unwrap_or(2.0 * c.rank as f64))
-                .with_use_rslora(c.rslora)
-                .with_lora_dropout(c.dropout)
-                .with_seed(c.seed),
-        );
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// The loop over `examples` training examples: `max_steps`, else `epochs` over the data,
-    /// else a short demonstration run of 20 steps (a few minutes on two CPU cores).
-    fn loop_config(&self, examples: usize, lr: f64, batch_size: usize) -> LoopConfig {
-        let c = self.config;
-        let batch_size = c.batch_size.unwrap_or(batch_size);
-        let max_steps = match (c.max_steps, c.epochs) {
-            (Some(steps), _) => steps,
-            (None, Some(epochs)) => ((examples as f64 * epochs)
-                / (batch_size * c.grad_accum) as f64)
-                .ceil()
-                .max(1.0) as usize,
-            (None, None) => 20,
-        };
-        LoopConfig {
-            lr: c.lr.unwrap_or(lr),
-            schedule: match c.schedule {
-                ScheduleName::Cosine => LrSchedule::Cosine,
-                ScheduleName::Linear => LrSchedule::Linear,
-                ScheduleName::Constant => LrSchedule::Constant,
-            },
-            warmup_ratio: c.warmup_ratio,
-            adamw: TorchAdamWConfig {
-                beta1: c.beta1,
-                beta2: c.beta2,
-                eps: c.eps,
-                weight_decay: c.weight_decay,
-            },
-            batch_size,
-            grad_accum: c.grad_accum,
-            max_grad_norm: Some(c.max_grad_norm).filter(|v| *v > 0.0),
-            max_steps,
-            save_every: c.save_every,
-            seed: c.seed,
-            stop_at_step: c.stop_at_step,
-        }
+        let default = self.architecture.all_linear_targets();
+        self.config.adapter_config(&self.method, default)
     }
 
     /// Train with the standard observers, resuming when asked.
@@ -464,6 +396,12 @@ impl<'a> Run<'a> {
         eval_records.truncate(c.eval_limit.unwrap_or(8));
         let max_len = c.max_len.unwrap_or(256);
         let (eval_examples, _) = tokenize_nlg(&eval_records, &tokenizer, &format, max_len, eos)?;
+        check_examples(
+            &eval_examples,
+            base.vocab_size(),
+            base.max_len(),
+            &self.eval,
+        )?;
         let evaluate = |model: &AutoCausalLm| -> Result<Scores, FinetuneError> {
             let model = model.valid();
             let response_loss = response_loss(&model, &eval_examples, pad)?;
@@ -494,6 +432,7 @@ impl<'a> Run<'a> {
         let mut records = read_nlg_jsonl(&self.train)?;
         records.truncate(c.train_limit.unwrap_or(usize::MAX));
         let (examples, truncated) = tokenize_nlg(&records, &tokenizer, &format, max_len, eos)?;
+        check_examples(&examples, base.vocab_size(), base.max_len(), &self.train)?;
         if truncated > 0 {
             notes(&format!(
                 "warning: {truncated} of {} examples were truncated to {max_len} tokens",
@@ -516,7 +455,7 @@ impl<'a> Run<'a> {
             TeacherSource::Adapter => None,
         };
         let cfg = self.adapter_config()?;
-        let lc = self.loop_config(examples.len(), 2e-4, 4);
+        let lc = self.config.loop_config(examples.len(), 2e-4, 4);
         let before = evaluate(&base)?;
         notes(&format!("before fine-tuning: {before} ({n_eval} problems)"));
         let t0 = Instant::now();
@@ -558,6 +497,13 @@ impl<'a> Run<'a> {
             &self.device,
             self.dtype,
         )?;
+        check_examples(&examples, base.vocab_size(), base.max_len(), &self.train)?;
+        check_examples(
+            &eval_examples,
+            base.vocab_size(),
+            base.max_len(),
+            &self.eval,
+        )?;
         let evaluate = |model: &BertForSequenceClassification| {
             let model = model.valid();
             let (mut predicted, mut gold) = (Vec::new(), Vec::new());
@@ -585,7 +531,7 @@ impl<'a> Run<'a> {
             return self.finish(&base, Outcome::evaluated(n_eval, after, merge), notes);
         }
         let cfg = self.adapter_config()?;
-        let lc = self.loop_config(examples.len(), 5e-4, 16);
+        let lc = self.config.loop_config(examples.len(), 5e-4, 16);
         let before = evaluate(&base);
         notes(&format!("before fine-tuning: {before}"));
         let t0 = Instant::now();

@@ -132,8 +132,33 @@ impl HfCheckpoint {
                 reason: "a shard index must map tensor names to files".into(),
             })?;
         let dir = index.parent().unwrap_or(Path::new("."));
-        let files: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
+        let mut files = BTreeSet::new();
+        for (key, file) in map {
+            // a shard is a file beside the index: never a path that leaves the directory
+            let plain = file.as_str().filter(|f| {
+                let p = Path::new(f);
+                p.file_name().is_some_and(|n| n == p.as_os_str()) && *f != ".."
+            });
+            let Some(file) = plain else {
+                return Err(IoError::Unsupported {
+                    path: index.to_path_buf(),
+                    key: format!("weight_map.{key}"),
+                    value: file.to_string(),
+                    reason: "a shard must be a file name in the model directory".into(),
+                });
+            };
+            files.insert(file);
+        }
         Ok(files.into_iter().map(|f| dir.join(f)).collect())
+    }
+
+    /// Elements over every tensor of every shard, from the headers alone: what a config's
+    /// dimensions are checked against before the model is allocated.
+    pub fn elements(&self) -> Result<u128, IoError> {
+        self.shards
+            .iter()
+            .map(|s| crate::tensors::read_header(s).map(|h| h.elements()))
+            .sum()
     }
 
     /// The directory.

@@ -52,7 +52,28 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
         let _ = fs::remove_file(&tmp);
         return Err(IoError::Fs { path: tmp, source });
     }
-    fs::rename(&tmp, path).map_err(fs_err(path))
+    fs::rename(&tmp, path).map_err(fs_err(path))?;
+    sync_dir(dir.unwrap_or(Path::new(".")))
+}
+
+/// Flush a directory's entries to disk, so a rename or a new file in it survives a power
+/// loss (POSIX: `fsync` on the directory; elsewhere renames are durable once they return).
+pub fn sync_dir(dir: &Path) -> Result<(), IoError> {
+    if cfg!(unix) {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| IoError::Fs {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// Whether `name` is a temporary of [`atomic_write`] (`.NAME.tmp-PID`): what a crash in the
+/// middle of a write leaves behind, never a file a reader trusts.
+pub fn is_temporary(name: &str) -> bool {
+    name.starts_with('.') && name.contains(".tmp-")
 }
 
 /// Read a whole file, naming it in the error.

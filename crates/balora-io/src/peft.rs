@@ -477,7 +477,19 @@ fn attach_from_file(
 ) -> Result<(), IoError> {
     let (ka, kb) = (key(path, "lora_A"), key(path, "lora_B"));
     let [out, inp] = slot.dims();
-    let r = file.shape(&ka).map_or(0, |s| s[0]);
+    // the rank is lora_A's first dimension; the shape checks below hold it to [r, in]
+    let r = file
+        .shape(&ka)
+        .and_then(|s| s.first().copied())
+        .unwrap_or(0);
+    if r == 0 {
+        return Err(IoError::Shape {
+            path: file.path().to_path_buf(),
+            found: file.shape(&ka).unwrap_or_default(),
+            key: ka,
+            expected: vec![1, inp],
+        });
+    }
     let device = slot.weight.val().device();
     // factors are loaded in the training dtype: f32 over a half-precision base
     let dtype = balora_adapters::training_dtype(slot.weight.val().dtype());

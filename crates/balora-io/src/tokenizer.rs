@@ -16,15 +16,30 @@ const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
 /// Load `tokenizer.json` from `dir` with its padding and truncation switched off: some
 /// checkpoints ship fixed padding (all-MiniLM-L6-v2 pads every input to 128), which would
 /// silently change pooled embeddings and waste compute. Batching pads explicitly instead.
+///
+/// The file is parsed as JSON first and then read from that value: the `tokenizers` crate
+/// panics (instead of failing) on some syntax errors when it parses bytes itself, which a
+/// parsed value cannot have. Any other panic inside it becomes an error too
+/// (docs/reliability.md, "Loading").
 pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer, IoError> {
     let path = dir.join(TOKENIZER_FILE);
-    let bytes = read(&path)?;
-    let mut tokenizer = Tokenizer::from_bytes(&bytes).map_err(|e| IoError::Unsupported {
+    let value: serde_json::Value =
+        serde_json::from_slice(&read(&path)?).map_err(|source| IoError::Json {
+            path: path.clone(),
+            source,
+        })?;
+    let unsupported = |reason: String| IoError::Unsupported {
         path: path.clone(),
         key: "tokenizer".into(),
         value: "tokenizer.json".into(),
-        reason: e.to_string(),
-    })?;
+        reason,
+    };
+    if let Some(processor) = value.get("post_processor") {
+        check_post_processor(processor).map_err(unsupported)?;
+    }
+    let parsed = std::panic::catch_unwind(|| serde_json::from_value::<Tokenizer>(value))
+        .map_err(|_| unsupported("the tokenizers crate panicked while reading it".into()))?;
+    let mut tokenizer = parsed.map_err(|e| unsupported(e.to_string()))?;
     tokenizer.with_padding(None);
     tokenizer
         .with_truncation(None)
@@ -35,6 +50,58 @@ pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer, IoError> {
             reason: e.to_string(),
         })?;
     Ok(tokenizer)
+}
+
+/// What the `tokenizers` crate assumes of a `TemplateProcessing` post-processor read from a
+/// file without checking it (its builder checks; deserialisation does not), and panics on at
+/// the first encode otherwise: every special token a template names is defined, with as many
+/// ids as tokens, and the single-sequence template names no second sequence.
+fn check_post_processor(processor: &serde_json::Value) -> Result<(), String> {
+    use serde_json::Value;
+    match processor.get("type").and_then(Value::as_str) {
+        Some("Sequence") => processor
+            .get("processors")
+            .and_then(Value::as_array)
+            .map_or(Ok(()), |list| {
+                list.iter().try_for_each(check_post_processor)
+            }),
+        Some("TemplateProcessing") => {
+            let specials = processor.get("special_tokens").and_then(Value::as_object);
+            for (name, token) in specials.into_iter().flatten() {
+                let len = |key: &str| token.get(key).and_then(Value::as_array).map(Vec::len);
+                if len("ids") != len("tokens") {
+                    return Err(format!(
+                        "post_processor: special token {name:?} has {:?} ids but {:?} tokens",
+                        len("ids"),
+                        len("tokens")
+                    ));
+                }
+            }
+            for template in ["single", "pair"] {
+                let pieces = processor.get(template).and_then(Value::as_array);
+                for piece in pieces.into_iter().flatten() {
+                    if let Some(id) = piece.pointer("/SpecialToken/id").and_then(Value::as_str)
+                        && !specials.is_some_and(|s| s.contains_key(id))
+                    {
+                        return Err(format!(
+                            "post_processor: the {template} template names special token \
+                             {id:?}, which special_tokens does not define"
+                        ));
+                    }
+                    if template == "single"
+                        && piece.pointer("/Sequence/id").and_then(Value::as_str) == Some("B")
+                    {
+                        return Err(
+                            "post_processor: the single template names the second sequence B"
+                                .into(),
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// One chat message.
@@ -127,6 +194,11 @@ impl ChatTemplate {
     }
 
     /// Render `messages`; with `add_generation_prompt` the assistant's turn is opened.
+    ///
+    /// A template is code from the checkpoint's author, so a render is bounded: it may run
+    /// [`FUEL_BASE`] + [`FUEL_PER_MESSAGE`] per message instructions, nest [`MAX_DEPTH`]
+    /// levels and write [`MAX_OUTPUT`] bytes; past any bound it fails with an error instead
+    /// of looping, recursing or allocating without end (docs/reliability.md, "Loading").
     pub fn render(
         &self,
         messages: &[ChatMessage],
@@ -134,16 +206,99 @@ impl ChatTemplate {
     ) -> Result<String, String> {
         let mut env = Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_fuel(Some(FUEL_BASE.saturating_add(
+            FUEL_PER_MESSAGE.saturating_mul(messages.len() as u64),
+        )));
+        env.set_recursion_limit(MAX_DEPTH);
         env.add_template("chat", &self.source)
             .map_err(|e| e.to_string())?;
         let template = env.get_template("chat").map_err(|e| e.to_string())?;
+        let mut out = Bounded::default();
         template
-            .render(context! {
-                messages => messages,
-                add_generation_prompt => add_generation_prompt,
-                bos_token => self.bos_token,
-                eos_token => self.eos_token,
-            })
-            .map_err(|e| e.to_string())
+            .render_captured_to(
+                context! {
+                    messages => messages,
+                    add_generation_prompt => add_generation_prompt,
+                    bos_token => self.bos_token,
+                    eos_token => self.eos_token,
+                },
+                &mut out,
+            )
+            .map_err(|e| match out.overflowed {
+                true => format!("the chat template's output exceeds {MAX_OUTPUT} bytes"),
+                false => e.to_string(),
+            })?;
+        String::from_utf8(out.bytes).map_err(|e| e.to_string())
+    }
+}
+
+/// Template instructions a render may run before any message (real templates use hundreds).
+pub const FUEL_BASE: u64 = 100_000;
+/// Template instructions a render may run per message (real templates use tens).
+pub const FUEL_PER_MESSAGE: u64 = 10_000;
+/// Nesting a render may reach (loops, macros, includes; real templates use a few).
+pub const MAX_DEPTH: usize = 64;
+/// Bytes a render may produce (a prompt is truncated to the model's length anyway).
+pub const MAX_OUTPUT: usize = 16 << 20;
+
+/// A writer that refuses to grow past [`MAX_OUTPUT`] (and remembers that it did: minijinja
+/// reports only that a write failed).
+#[derive(Default)]
+struct Bounded {
+    bytes: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_OUTPUT {
+            self.overflowed = true;
+            return Err(std::io::Error::other("output limit"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template(source: &str) -> Result<Option<ChatTemplate>, IoError> {
+        let dir = tempfile::tempdir().unwrap();
+        let config = serde_json::json!({ "chat_template": source, "eos_token": "</s>" });
+        std::fs::write(dir.path().join(TOKENIZER_CONFIG), config.to_string()).unwrap();
+        ChatTemplate::load(dir.path())
+    }
+
+    #[test]
+    fn a_template_renders_the_conversation() {
+        let t = template(
+            "{% for m in messages %}[{{ m.role }}] {{ m.content }}{% endfor %}{{ eos_token }}",
+        )
+        .unwrap()
+        .unwrap();
+        let out = t.render(&[ChatMessage::new("user", "hi")], false).unwrap();
+        assert_eq!(out, "[user] hi</s>");
+    }
+
+    #[test]
+    fn templates_that_loop_recurse_or_grow_without_end_fail_with_an_error() {
+        let started = std::time::Instant::now();
+        let endless =
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
+        let e = template(endless).unwrap_err().to_string();
+        assert!(e.contains("chat_template") && e.contains("fuel"), "{e}");
+        let recursive = "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}";
+        let e = template(recursive).unwrap_err().to_string();
+        assert!(e.contains("recursion"), "{e}");
+        let huge = "{% for i in range(40) %}{{ 'x' * 1000000 }}{% endfor %}";
+        let e = template(huge).unwrap_err().to_string();
+        assert!(e.contains("exceeds"), "{e}");
+        assert!(started.elapsed().as_secs() < 10, "{:?}", started.elapsed());
     }
 }

@@ -12,7 +12,7 @@ pub mod generation;
 mod size;
 
 pub use generation::{GenerationConfig, Sampler};
-pub use size::check_config_size;
+pub use size::{ModelConfig, load_config};
 
 use balora_adapters::AdapterSlots;
 use balora_io::IoError;
@@ -61,6 +61,24 @@ pub enum ModelError {
         estimate_mb: u64,
         /// Memory available on this machine.
         available_mb: u64,
+    },
+    /// A `config.json` that describes a much larger model than its checkpoint holds.
+    #[error(
+        "{path}: {key} = {value} implies {parameters:.0} parameters, but the checkpoint's \
+         safetensors hold only {elements} elements; refusing to allocate a model the weights \
+         do not describe"
+    )]
+    CheckpointMismatch {
+        /// The config file.
+        path: std::path::PathBuf,
+        /// The largest dimension.
+        key: &'static str,
+        /// Its value.
+        value: usize,
+        /// Parameters the config implies.
+        parameters: f64,
+        /// Elements the checkpoint holds.
+        elements: u128,
     },
     /// Logits could not be read back from the device.
     #[error("reading logits from the device failed: {0}")]
@@ -144,6 +162,11 @@ pub trait CausalLm: Module + AdapterSlots {
     fn logits(&self, batch: &TokenBatch) -> Tensor<3>;
     /// Vocabulary size V.
     fn vocab_size(&self) -> usize;
+    /// The longest sequence its position embeddings cover (`None`: rotary positions, no
+    /// table to run past).
+    fn max_len(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// A sequence classifier (or regressor, with one output) with adapter slots.
@@ -152,6 +175,10 @@ pub trait SequenceClassifier: Module + AdapterSlots {
     fn logits(&self, batch: &TokenBatch) -> Tensor<2>;
     /// Number of outputs C.
     fn num_labels(&self) -> usize;
+    /// Token ids must be below this (the rows of the word embeddings).
+    fn vocab_size(&self) -> usize;
+    /// The longest sequence its position embeddings cover.
+    fn max_len(&self) -> Option<usize>;
 }
 
 #[cfg(test)]

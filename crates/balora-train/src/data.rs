@@ -273,9 +273,17 @@ impl LabelSet {
     /// The labels of a training set.
     pub fn from_records(records: &[NluRecord]) -> Self {
         let mut names: Vec<String> = records.iter().map(|r| r.label.clone()).collect();
-        names.sort_by(|a, b| match (a.parse::<f64>(), b.parse::<f64>()) {
-            (Ok(x), Ok(y)) => x.total_cmp(&y),
-            _ => a.cmp(b),
+        // numeric labels first, in numeric order, then the others by name: a total order
+        // (comparing numbers as numbers and the rest as text would not be one, and sorting
+        // by an inconsistent order may panic)
+        names.sort_by(|a, b| {
+            let key = |s: &str| s.parse::<f64>().ok().filter(|x| !x.is_nan());
+            match (key(a), key(b)) {
+                (Some(x), Some(y)) => x.total_cmp(&y).then_with(|| a.cmp(b)),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => a.cmp(b),
+            }
         });
         names.dedup();
         Self { names }
@@ -510,6 +518,41 @@ pub fn tokenize_nlu(
     Ok((out, truncated))
 }
 
+/// Refuse examples (tokenised from `path`) that a model with `vocab` token ids and `max_len`
+/// positions cannot read: an id outside the vocabulary (a tokenizer of another model) would
+/// index past the embeddings, a sequence beyond the position table past that table.
+pub fn check_examples(
+    examples: &[Example],
+    vocab: usize,
+    max_len: Option<usize>,
+    path: &Path,
+) -> Result<(), TrainError> {
+    let bad = |reason: String| TrainError::Incompatible {
+        path: path.to_path_buf(),
+        reason,
+    };
+    for (i, e) in examples.iter().enumerate() {
+        if let Some(&id) = e.ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(bad(format!(
+                "example {}: token id {id} is outside the model's vocabulary of {vocab} (is \
+                 the tokenizer this model's?)",
+                i + 1
+            )));
+        }
+        if let Some(max) = max_len
+            && e.ids.len() > max
+        {
+            return Err(bad(format!(
+                "example {}: {} tokens, beyond the model's {max} positions; set max_len to at \
+                 most {max}",
+                i + 1,
+                e.ids.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The batches of one epoch: a seeded shuffle, then length bucketing (sort within windows of
 /// 16 batches so padding stays small), then a seeded shuffle of the batch order. A pure
 /// function of `(seed, epoch)`, which makes the data cursor of a checkpoint just a position.
@@ -556,4 +599,52 @@ pub fn collate(examples: &[&Example], pad_id: u32, token_labels: bool) -> (Token
         batch.token_type_ids = Some(types);
     }
     (batch, labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn examples_beyond_the_vocabulary_or_the_positions_are_refused() {
+        let e = |ids: Vec<u32>| Example {
+            labels: vec![0; ids.len()],
+            ids,
+            token_types: None,
+        };
+        let path = Path::new("train.jsonl");
+        let ok = [e(vec![1, 2, 9])];
+        assert!(check_examples(&ok, 10, Some(3), path).is_ok());
+        let msg = check_examples(&[e(vec![1]), e(vec![3, 10])], 10, None, path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("train.jsonl: example 2: token id 10") && msg.contains("of 10"),
+            "{msg}"
+        );
+        let msg = check_examples(&ok, 10, Some(2), path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("3 tokens, beyond the model's 2 positions"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn mixed_numeric_and_named_labels_sort_in_one_total_order() {
+        let records: Vec<NluRecord> = ["b", "10", "2", "a", "NaN", "1", "2"]
+            .iter()
+            .enumerate()
+            .map(|(line, label)| NluRecord {
+                text: "x".into(),
+                text_pair: None,
+                label: label.to_string(),
+                line,
+            })
+            .collect();
+        let set = LabelSet::from_records(&records);
+        assert_eq!(set.names(), ["1", "2", "10", "NaN", "a", "b"]);
+        assert_eq!(set.id("10"), Some(2));
+    }
 }

@@ -25,6 +25,15 @@ pub enum TrainError {
         /// Why nothing was kept.
         reason: String,
     },
+    /// Examples the model cannot read (ids outside its vocabulary, sequences beyond its
+    /// positions).
+    #[error("{path}: {reason}")]
+    Incompatible {
+        /// The data file.
+        path: PathBuf,
+        /// What does not fit.
+        reason: String,
+    },
     /// The loss became NaN or infinite.
     #[error("step {step}: the loss is {value} — stopping; the last good checkpoint is kept")]
     NonFinite {
@@ -43,6 +52,35 @@ pub enum TrainError {
         path: PathBuf,
         /// The process holding it.
         pid: u32,
+    },
+    /// A loop setting no run can use.
+    #[error("invalid setting {key} = {value}: expected {expected}")]
+    Setting {
+        /// The setting.
+        key: &'static str,
+        /// Its value.
+        value: String,
+        /// What is accepted.
+        expected: &'static str,
+    },
+    /// A checkpoint whose loop state does not fit the run resuming from it.
+    #[error("{path}: {reason}")]
+    Checkpoint {
+        /// The checkpoint's state file.
+        path: PathBuf,
+        /// What does not fit.
+        reason: String,
+    },
+    /// An output folder whose parent does not exist.
+    #[error(
+        "{path}: the output folder's parent {parent} does not exist (a typo, or a volume not \
+         mounted?); create it first"
+    )]
+    OutputParent {
+        /// The output folder.
+        path: PathBuf,
+        /// Its missing parent.
+        parent: PathBuf,
     },
     /// Files (checkpoints, adapters, metrics).
     #[error(transparent)]

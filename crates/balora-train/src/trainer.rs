@@ -14,8 +14,12 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
-use crate::checkpoint::{LoopState, has_checkpoint, load_checkpoint, save_checkpoint};
+use crate::checkpoint::{
+    LoopState, has_checkpoint, is_checkpoint_name, is_partial_name, load_checkpoint,
+    save_checkpoint,
+};
 use crate::data::{Example, collate, epoch_batches};
+use crate::fault::{RENAMED, SAVED, pause_point};
 use crate::metrics::{StepMetrics, StepTiming};
 use crate::objective::Objective;
 use crate::observer::{JsonlLog, Observer};
@@ -71,6 +75,52 @@ impl Default for LoopConfig {
 }
 
 impl LoopConfig {
+    /// Refuse settings no run can use (before any model or data is touched): a learning rate
+    /// or ε that is not a positive finite number, β outside [0, 1), a negative or infinite
+    /// weight decay or clipping threshold, warmup outside [0, 1], empty batches.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |key, value: f64, expected| {
+            Err(TrainError::Setting {
+                key,
+                value: value.to_string(),
+                expected,
+            })
+        };
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        let a = &self.adamw;
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            return bad("lr", self.lr, "a finite learning rate ≥ 0");
+        }
+        if !(0.0..=1.0).contains(&self.warmup_ratio) {
+            return bad("warmup_ratio", self.warmup_ratio, "a fraction in [0, 1]");
+        }
+        for (key, beta) in [("beta1", a.beta1), ("beta2", a.beta2)] {
+            if !(0.0..1.0).contains(&beta) {
+                return bad(key, beta, "a value in [0, 1)");
+            }
+        }
+        if !positive(a.eps) {
+            return bad("eps", a.eps, "a finite value > 0");
+        }
+        if !(a.weight_decay.is_finite() && a.weight_decay >= 0.0) {
+            return bad("weight_decay", a.weight_decay, "a finite value ≥ 0");
+        }
+        if let Some(norm) = self.max_grad_norm
+            && !positive(norm)
+        {
+            return bad("max_grad_norm", norm, "a finite value > 0 (or no clipping)");
+        }
+        for (key, n) in [
+            ("batch_size", self.batch_size),
+            ("grad_accum", self.grad_accum),
+        ] {
+            if n == 0 {
+                return bad(key, 0.0, "at least 1");
+            }
+        }
+        Ok(())
+    }
+
     /// The step this process stops after.
     fn stop(&self) -> usize {
         self.stop_at_step
@@ -90,11 +140,68 @@ fn mix(seed: u64, a: u64, b: u64) -> u64 {
 
 const LATEST: &str = "latest";
 
-/// The checkpoint directory the run's `latest` pointer names.
-fn latest_checkpoint(output: &Path) -> Option<PathBuf> {
+/// The checkpoint name the run's `latest` pointer holds, if it is one.
+fn latest_name(output: &Path) -> Option<String> {
     let name = std::fs::read_to_string(output.join(LATEST)).ok()?;
-    let dir = output.join(name.trim());
+    let name = name.trim();
+    is_checkpoint_name(name).then(|| name.to_string())
+}
+
+/// The checkpoint directory the run's `latest` pointer names, when it is complete.
+fn latest_checkpoint(output: &Path) -> Option<PathBuf> {
+    let dir = output.join(latest_name(output)?);
     has_checkpoint(&dir).then_some(dir)
+}
+
+/// Make the output folder `output`, refusing before any training when it cannot hold a run:
+/// its parent must exist (a missing one is a typo or an unmounted volume, where a created
+/// tree would hide hours of checkpoints) and it must be writable (checked by the lock file).
+pub fn create_output(output: &Path) -> Result<(), TrainError> {
+    if output.is_dir() {
+        return Ok(());
+    }
+    let parent = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        return Err(TrainError::OutputParent {
+            path: output.to_path_buf(),
+            parent: parent.to_path_buf(),
+        });
+    }
+    std::fs::create_dir(output).map_err(|source| balora_io::IoError::Fs {
+        path: output.to_path_buf(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// Remove what an interrupted run may have left and a resume must not trust: `.partial`
+/// checkpoint folders, temporaries of atomic writes, and checkpoints `latest` does not name
+/// (superseded ones, or one renamed into place just before a crash, before `latest` moved).
+/// Without a `latest` naming a complete checkpoint no checkpoint folder is touched.
+fn remove_leftovers(output: &Path) -> Result<(), TrainError> {
+    let keep = latest_checkpoint(output).and(latest_name(output));
+    let entries = std::fs::read_dir(output).map_err(|source| balora_io::IoError::Fs {
+        path: output.to_path_buf(),
+        source,
+    })?;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let partial = is_partial_name(&name);
+        let path = e.path();
+        let superseded = is_checkpoint_name(&name) && keep.as_ref().is_some_and(|k| *k != name);
+        let removed = if partial || superseded {
+            std::fs::remove_dir_all(&path)
+        } else if balora_io::fs::is_temporary(&name) {
+            std::fs::remove_file(&path)
+        } else {
+            continue;
+        };
+        removed.map_err(|source| balora_io::IoError::Fs { path, source })?;
+    }
+    Ok(())
 }
 
 /// `.lock` in the output folder, holding the writer's process id, so two runs never
@@ -248,7 +355,9 @@ where
     O: Objective<M>,
 {
     /// A trainer of `model` on `examples` (padded with `pad_id`) writing into `output`
-    /// (created if missing), at step 0. Fails if another live run holds `output`'s lock.
+    /// (created if missing; its parent must exist), at step 0. Fails if another live run
+    /// holds `output`'s lock or the folder is not writable; removes what an interrupted run
+    /// left that a resume must not trust (docs/reliability.md, "Checkpoints").
     pub fn new(
         model: M,
         objective: O,
@@ -258,17 +367,16 @@ where
         output: &Path,
         device: &Device,
     ) -> Result<Self, TrainError> {
+        config.validate()?;
         if examples.is_empty() {
             return Err(TrainError::EmptyDataset {
                 path: output.to_path_buf(),
                 reason: "no training example".into(),
             });
         }
-        std::fs::create_dir_all(output).map_err(|source| balora_io::IoError::Fs {
-            path: output.to_path_buf(),
-            source,
-        })?;
+        create_output(output)?;
         let lock = OutputLock::acquire(output)?;
+        remove_leftovers(output)?;
         let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
         let batches = epoch_batches(&lengths, config.batch_size, config.seed, 0);
         Ok(Self {
@@ -324,14 +432,45 @@ where
             return Ok(false);
         };
         let model = self.take_model();
-        let (model, state) = load_checkpoint(&dir, model, &mut self.optim, &self.device)?;
-        self.model = Some(model);
-        self.batches = epoch_batches(
+        // a checkpoint that does not load leaves the trainer as it was
+        let (loaded, state) =
+            match load_checkpoint(&dir, model.clone(), &mut self.optim, &self.device) {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    self.model = Some(model);
+                    self.optim = TorchAdamW::new(self.config.adamw);
+                    return Err(e);
+                }
+            };
+        let batches = epoch_batches(
             &self.lengths,
             self.config.batch_size,
             self.config.seed,
             state.epoch,
         );
+        // the cursor must fit this run: a checkpoint of another dataset, batch size or length
+        let fits = state.step <= self.config.max_steps
+            && state.adam_steps == state.step as u64
+            && state.batch_in_epoch <= batches.len();
+        if !fits {
+            self.model = Some(model);
+            self.optim = TorchAdamW::new(self.config.adamw);
+            return Err(TrainError::Checkpoint {
+                path: dir.join("trainer_state.json"),
+                reason: format!(
+                    "step {} (AdamW updates {}, batch {} of an epoch) does not fit this run \
+                     ({} steps, {} batches per epoch): was it written with other data or \
+                     settings?",
+                    state.step,
+                    state.adam_steps,
+                    state.batch_in_epoch,
+                    self.config.max_steps,
+                    batches.len()
+                ),
+            });
+        }
+        self.model = Some(loaded);
+        self.batches = batches;
         self.state = state;
         Ok(true)
     }
@@ -465,17 +604,23 @@ where
         Ok(metrics)
     }
 
-    /// Write `checkpoint-<step>/`, point `latest` at it and drop the superseded ones.
+    /// Write `checkpoint-<step>/`, point `latest` at it and drop the superseded ones. Each of
+    /// the three is atomic, so a crash between any two leaves `latest` naming a complete
+    /// checkpoint. When `latest` already names this step's checkpoint (a resumed run saving
+    /// before any step) there is nothing new to write.
     pub fn save_checkpoint(&self) -> Result<(), TrainError> {
         let name = format!("checkpoint-{}", self.state.step);
-        save_checkpoint(
-            &self.output.join(&name),
-            self.model(),
-            &self.optim,
-            &self.state,
-        )?;
+        let step = self.state.step;
+        if latest_name(&self.output).as_ref() == Some(&name)
+            && latest_checkpoint(&self.output).is_some()
+        {
+            return Ok(());
+        }
+        save_checkpoint(&self.output, &name, self.model(), &self.optim, &self.state)?;
+        pause_point(RENAMED, step);
         balora_io::fs::atomic_write(&self.output.join(LATEST), name.as_bytes())?;
-        remove_stale_checkpoints(&self.output, &name);
+        remove_stale_checkpoints(&self.output, &name)?;
+        pause_point(SAVED, step);
         Ok(())
     }
 
@@ -505,13 +650,18 @@ where
 }
 
 /// Keep only the checkpoint `keep` (the others are superseded once `latest` points at it).
-fn remove_stale_checkpoints(output: &Path, keep: &str) {
-    if let Ok(entries) = std::fs::read_dir(output) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with("checkpoint-") && name != keep {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
+fn remove_stale_checkpoints(output: &Path, keep: &str) -> Result<(), TrainError> {
+    let entries = std::fs::read_dir(output).map_err(|source| balora_io::IoError::Fs {
+        path: output.to_path_buf(),
+        source,
+    })?;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if is_checkpoint_name(&name) && name != keep {
+            let path = e.path();
+            std::fs::remove_dir_all(&path)
+                .map_err(|source| balora_io::IoError::Fs { path, source })?;
         }
     }
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! The BERT family's `config.json`.
 
+use balora_model::{ModelConfig, ModelError};
 use serde::Deserialize;
 
 /// The fields of a BERT-family `config.json` this implementation reads.
@@ -55,5 +56,67 @@ fn default_init() -> f64 {
 impl BertConfig {
     pub(crate) fn is_roberta(&self) -> bool {
         matches!(self.model_type.as_str(), "roberta" | "xlm-roberta")
+    }
+}
+
+/// Loaded through [`balora_model::load_config`], which checks these dimensions and the memory
+/// they imply before the model is allocated.
+impl ModelConfig for BertConfig {
+    fn dims(&self) -> Vec<(&'static str, usize)> {
+        vec![
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+        ]
+    }
+
+    fn parameters(&self) -> f64 {
+        let f = |x: usize| x as f64;
+        let (v, d, l, i) = (
+            f(self.vocab_size),
+            f(self.hidden_size),
+            f(self.num_hidden_layers),
+            f(self.intermediate_size),
+        );
+        let (p, t) = (f(self.max_position_embeddings), f(self.type_vocab_size));
+        (v + p + t) * d + l * (4.0 * d * d + 2.0 * d * i + 9.0 * d) + d * d
+    }
+
+    fn validate(&self) -> Result<(), ModelError> {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(ModelError::UnsupportedConfig {
+                key: "num_attention_heads",
+                value: self.num_attention_heads.to_string(),
+                expected: "a divisor of hidden_size",
+            });
+        }
+        if !matches!(self.model_type.as_str(), "bert" | "roberta" | "xlm-roberta") {
+            return Err(ModelError::UnsupportedConfig {
+                key: "model_type",
+                value: self.model_type.clone(),
+                expected: "bert, roberta or xlm-roberta",
+            });
+        }
+        if self.hidden_act != "gelu" {
+            return Err(ModelError::UnsupportedConfig {
+                key: "hidden_act",
+                value: self.hidden_act.clone(),
+                expected: "gelu",
+            });
+        }
+        // RoBERTa's positions start after the padding id: it must leave room for a token
+        let first = self.pad_token_id.unwrap_or(1) as usize + 1;
+        if self.is_roberta() && first >= self.max_position_embeddings {
+            return Err(ModelError::UnsupportedConfig {
+                key: "pad_token_id",
+                value: first.saturating_sub(1).to_string(),
+                expected: "an id below max_position_embeddings - 1 (RoBERTa positions follow it)",
+            });
+        }
+        Ok(())
     }
 }

@@ -42,55 +42,17 @@ impl BertForSequenceClassification {
         dtype: DType,
     ) -> Result<Self, ModelError> {
         let checkpoint = HfCheckpoint::open(dir)?;
-        let config: BertConfig = checkpoint.config()?;
-        let dims = [
-            ("vocab_size", config.vocab_size),
-            ("hidden_size", config.hidden_size),
-            ("num_hidden_layers", config.num_hidden_layers),
-            ("num_attention_heads", config.num_attention_heads),
-            ("intermediate_size", config.intermediate_size),
-            ("max_position_embeddings", config.max_position_embeddings),
-            ("type_vocab_size", config.type_vocab_size),
-        ];
-        balora_model::check_config_size(
-            &checkpoint.dir().join("config.json"),
-            &dims,
-            || {
-                let [v, d, l, _, i, p, t] = dims.map(|(_, x)| x as u128);
-                (v + p + t) * d + l * (4 * d * d + 2 * d * i + 9 * d) + d * d
-            },
-            dtype,
-        )?;
-        if !config
-            .hidden_size
-            .is_multiple_of(config.num_attention_heads)
-        {
-            return Err(ModelError::UnsupportedConfig {
-                key: "num_attention_heads",
-                value: config.num_attention_heads.to_string(),
-                expected: "a divisor of hidden_size",
-            });
-        }
-        if !matches!(
-            config.model_type.as_str(),
-            "bert" | "roberta" | "xlm-roberta"
-        ) {
-            return Err(ModelError::UnsupportedConfig {
-                key: "model_type",
-                value: config.model_type,
-                expected: "bert, roberta or xlm-roberta",
-            });
-        }
-        if config.hidden_act != "gelu" {
-            return Err(ModelError::UnsupportedConfig {
-                key: "hidden_act",
-                value: config.hidden_act,
-                expected: "gelu",
-            });
-        }
+        let config: BertConfig = balora_model::load_config(&checkpoint, dtype)?;
         let labels = num_labels
             .or(config.id2label.as_ref().map(|m| m.len()))
             .unwrap_or(2);
+        if labels == 0 {
+            return Err(ModelError::UnsupportedConfig {
+                key: "num_labels",
+                value: "0".into(),
+                expected: "at least one label (a non-empty id2label)",
+            });
+        }
         let prefix = detect_prefix(&checkpoint)?;
         let roberta = config.is_roberta();
         let pooler = !roberta;

@@ -488,4 +488,19 @@ impl SequenceClassifier for BertForSequenceClassification {
     fn num_labels(&self) -> usize {
         self.classifier.out_proj.bias.shape().dims::<1>()[0]
     }
+
+    fn vocab_size(&self) -> usize {
+        self.config().vocab_size
+    }
+
+    fn max_len(&self) -> Option<usize> {
+        let c = self.config();
+        // RoBERTa's positions start after the padding id
+        let first = if c.is_roberta() {
+            c.pad_token_id.unwrap_or(1) as usize + 1
+        } else {
+            0
+        };
+        Some(c.max_position_embeddings.saturating_sub(first))
+    }
 }

@@ -24,46 +24,7 @@ impl Gpt2LmHeadModel {
     /// Load a GPT-2 checkpoint directory onto `device` in `dtype`, frozen.
     pub fn from_pretrained(dir: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
         let checkpoint = HfCheckpoint::open(dir)?;
-        let config: Gpt2Config = checkpoint.config()?;
-        let d = config.n_embd;
-        let dims = [
-            ("vocab_size", config.vocab_size),
-            ("n_positions", config.n_positions),
-            ("n_embd", d),
-            ("n_layer", config.n_layer),
-            ("n_head", config.n_head),
-            ("n_inner", config.n_inner.unwrap_or(4 * d)),
-        ];
-        balora_model::check_config_size(
-            &checkpoint.dir().join("config.json"),
-            &dims,
-            || {
-                let [v, p, d, l, _, i] = dims.map(|(_, x)| x as u128);
-                (v + p) * d + l * (4 * d * d + 2 * d * i + 9 * d)
-            },
-            dtype,
-        )?;
-        if !config.n_embd.is_multiple_of(config.n_head) {
-            return Err(ModelError::UnsupportedConfig {
-                key: "n_head",
-                value: config.n_head.to_string(),
-                expected: "a divisor of n_embd",
-            });
-        }
-        if config.model_type != "gpt2" {
-            return Err(ModelError::UnsupportedConfig {
-                key: "model_type",
-                value: config.model_type,
-                expected: "gpt2",
-            });
-        }
-        if config.activation_function != "gelu_new" {
-            return Err(ModelError::UnsupportedConfig {
-                key: "activation_function",
-                value: config.activation_function,
-                expected: "gelu_new",
-            });
-        }
+        let config: Gpt2Config = balora_model::load_config(&checkpoint, dtype)?;
         let mut model = Self::init(&config, device, dtype);
         // Some exports carry the bare `GPT2Model` keys (`h.0…`) instead of `transformer.h.0…`.
         let options = LoadOptions::new(dtype)

@@ -207,4 +207,8 @@ impl CausalLm for Gpt2LmHeadModel {
     fn vocab_size(&self) -> usize {
         self.config().vocab_size
     }
+
+    fn max_len(&self) -> Option<usize> {
+        Some(self.config().n_positions)
+    }
 }

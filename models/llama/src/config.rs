@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use balora_model::ModelError;
+use balora_model::{ModelConfig, ModelError};
 
 /// RoPE frequency scaling (`rope_scaling` in transformers 4, `rope_parameters` in 5).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -177,15 +177,13 @@ impl LlamaConfig {
             .map(TokenIds::to_vec)
             .unwrap_or_default()
     }
+}
 
-    /// Refuse zero dimensions and weights that cannot fit in memory, before anything is
-    /// allocated from them (`path` is the config file, for the error).
-    pub fn check_size(
-        &self,
-        path: &std::path::Path,
-        dtype: burn::tensor::DType,
-    ) -> Result<(), ModelError> {
-        let dims = [
+/// Loaded through [`balora_model::load_config`], which checks these dimensions and the memory
+/// they imply before the model is allocated.
+impl ModelConfig for LlamaConfig {
+    fn dims(&self) -> Vec<(&'static str, usize)> {
+        vec![
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
             ("intermediate_size", self.intermediate_size),
@@ -193,23 +191,25 @@ impl LlamaConfig {
             ("num_attention_heads", self.num_attention_heads),
             ("num_key_value_heads", self.kv_heads()),
             ("head_dim", self.head_dim.unwrap_or(self.hidden_size)),
-        ];
-        balora_model::check_config_size(
-            path,
-            &dims,
-            || {
-                let [v, d, i, l, h, kv, _] = dims.map(|(_, x)| x as u128);
-                let hd = self.head_dim.map_or(d / h, |x| x as u128);
-                let embeddings = v * d * if self.tie_word_embeddings { 1 } else { 2 };
-                let layer = d * hd * (2 * h + 2 * kv) + 3 * d * i + 2 * d;
-                embeddings + l * layer + d
-            },
-            dtype,
-        )
+        ]
     }
 
-    /// Reject what this implementation does not compute.
-    pub fn validate(&self) -> Result<(), ModelError> {
+    fn parameters(&self) -> f64 {
+        let f = |x: usize| x as f64;
+        let (v, d, i, l) = (
+            f(self.vocab_size),
+            f(self.hidden_size),
+            f(self.intermediate_size),
+            f(self.num_hidden_layers),
+        );
+        let (h, kv) = (f(self.num_attention_heads), f(self.kv_heads()));
+        let hd = self.head_dim.map_or(d / h, f);
+        let embeddings = v * d * if self.tie_word_embeddings { 1.0 } else { 2.0 };
+        let layer = d * hd * (2.0 * h + 2.0 * kv) + 3.0 * d * i + 2.0 * d;
+        embeddings + l * layer + d
+    }
+
+    fn validate(&self) -> Result<(), ModelError> {
         if !matches!(self.model_type.as_str(), "llama" | "mistral" | "qwen2") {
             return Err(ModelError::UnsupportedConfig {
                 key: "model_type",
@@ -238,6 +238,16 @@ impl LlamaConfig {
                 key: "num_attention_heads",
                 value: self.num_attention_heads.to_string(),
                 expected: "a divisor of hidden_size (or an explicit head_dim)",
+            });
+        }
+        let head_dim = self
+            .head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads);
+        if !head_dim.is_multiple_of(2) {
+            return Err(ModelError::UnsupportedConfig {
+                key: "head_dim",
+                value: head_dim.to_string(),
+                expected: "an even head dimension (rotary embeddings rotate pairs)",
             });
         }
         if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {

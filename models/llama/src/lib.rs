@@ -35,9 +35,7 @@ impl LlamaForCausalLM {
     /// casting weights to `dtype`. All weights are frozen; attach adapters afterwards.
     pub fn from_pretrained(dir: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
         let checkpoint = HfCheckpoint::open(dir)?;
-        let config: LlamaConfig = checkpoint.config()?;
-        config.check_size(&checkpoint.dir().join("config.json"), dtype)?;
-        config.validate()?;
+        let config: LlamaConfig = balora_model::load_config(&checkpoint, dtype)?;
         let mut model = Self::init(&config, device, dtype);
         checkpoint.load_into(&mut model, &LoadOptions::new(dtype))?;
         Ok(model)

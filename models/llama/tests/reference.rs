@@ -339,6 +339,18 @@ fn bad_checkpoints_are_reported_with_file_key_and_shapes() {
         e.contains("config.json") && e.contains("hidden_size = 1000000000") && e.contains("MB"),
         "{e}"
     );
+    // one that fits in memory but describes a far larger model than the weights beside it
+    let (_t, e) = broken_copy(|d| {
+        let p = d.join("config.json");
+        let c = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("\"hidden_size\": 32", "\"hidden_size\": 4096");
+        std::fs::write(p, c).unwrap();
+    });
+    assert!(
+        e.contains("config.json") && e.contains("hidden_size = 4096") && e.contains("hold only"),
+        "{e}"
+    );
     let (_t, e) = broken_copy(|d| {
         let p = d.join("config.json");
         let c = std::fs::read_to_string(&p)
