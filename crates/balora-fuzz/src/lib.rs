@@ -35,8 +35,11 @@ use balora_train::data::{
 use balora_train::{LoopConfig, NlgObjective, Trainer};
 use burn::tensor::{DType, Device};
 
+/// A harness: takes any bytes, must not panic, hang or allocate without bound.
+pub type Harness = fn(&[u8]);
+
 /// Every harness by name: the names of `fuzz/fuzz_targets/*.rs` and of the corpus folders.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Harness)] = &[
     ("config_llama", config_llama),
     ("config_bert", config_bert),
     ("config_gpt2", config_gpt2),

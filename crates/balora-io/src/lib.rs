@@ -18,4 +18,7 @@ pub use peft::{
     CONFIG_FILE, InitLoraWeights, KEY_PREFIX, LoadedAdapter, PeftConfig, SaveOptions, TaskType,
     WEIGHTS_FILE, load_adapter, read_config, save_adapter,
 };
-pub use tokenizer::{ChatMessage, ChatTemplate, TOKENIZER_FILE, load_tokenizer};
+pub use tokenizer::{
+    ChatMessage, ChatTemplate, FUEL_BASE, FUEL_PER_MESSAGE, MAX_DEPTH, MAX_OUTPUT, TOKENIZER_FILE,
+    load_tokenizer,
+};

@@ -78,7 +78,7 @@ pub enum ModelError {
         /// Parameters the config implies.
         parameters: f64,
         /// Elements the checkpoint holds.
-        elements: u128,
+        elements: u64,
     },
     /// Logits could not be read back from the device.
     #[error("reading logits from the device failed: {0}")]

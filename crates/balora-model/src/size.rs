@@ -57,7 +57,7 @@ pub fn load_config<C: ModelConfig>(
             key,
             value,
             parameters: params,
-            elements: held as u128,
+            elements: held as u64,
         });
     }
     Ok(config)

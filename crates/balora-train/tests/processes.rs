@@ -494,9 +494,7 @@ fn disk_scenario() {
     let ro = work.join("read-only");
     mount_tmpfs(&ro, "ro,size=1m");
     for output in [ro.join("run"), ro.clone()] {
-        let err = trainer_on(&output)
-            .err()
-            .expect("a read-only output is refused");
+        let err = trainer_on(&output).expect_err("a read-only output is refused");
         let e = err.to_string();
         assert!(
             e.contains(&*output.to_string_lossy()) && e.contains("Read-only file system"),
