@@ -210,6 +210,13 @@ impl ModelConfig for LlamaConfig {
     }
 
     fn validate(&self) -> Result<(), ModelError> {
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
+            return Err(ModelError::UnsupportedConfig {
+                key: "rms_norm_eps",
+                value: self.rms_norm_eps.to_string(),
+                expected: "a finite value > 0",
+            });
+        }
         if !matches!(self.model_type.as_str(), "llama" | "mistral" | "qwen2") {
             return Err(ModelError::UnsupportedConfig {
                 key: "model_type",
