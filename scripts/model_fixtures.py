@@ -5,8 +5,10 @@
 
 Writes, each as small safetensors files:
   * tiny random checkpoints saved by transformers (tiny-llama, tiny-llama3-rope, tiny-qwen2,
-    tiny-mistral, tiny-gpt2, tiny-bert-cls, tiny-roberta-cls) with `reference.safetensors`:
-    `input_ids`/`attention_mask` [2, 7] (row 1 right-padded by 3) and the model's `logits`;
+    tiny-mistral, tiny-gemma, tiny-gpt2, tiny-bert-cls, tiny-roberta-cls) with
+    `reference.safetensors`: `input_ids`/`attention_mask` [2, 7] (row 1 right-padded by 3) and
+    the model's `logits`; tiny-gemma also greedy ids (`gen_prompt`, `gen_output`: 8 new tokens,
+    no stop token);
   * smollm2/: reference logits (top-50 per position, full last row of prompt 0) of the real
     SmolLM2-135M-Instruct for three prompts and a right-padded batch of two, plus greedy
     generations of three chat prompts (`gen_prompt.i`, `gen_output.i`), and prompts.json;
@@ -17,7 +19,7 @@ Writes, each as small safetensors files:
     and Alpaca rows as the PiSSA/BA-LoRA reference tokenises them (`prompt + response` with
     special tokens, EOS appended, the first `len(tokenize(prompt))` labels masked).
 
-    scripts/model_fixtures.py [OUT] [--only sft]    (only the SFT tokenisation fixture)
+    scripts/model_fixtures.py [OUT] [--only tiny|minilm|smollm2|sft]    (one part only)
 
 The real checkpoints come from scripts/fetch-assets ($BALORA_ASSETS, default .cache/assets).
 Pinned: torch==2.15.0 transformers==5.23.0 safetensors==0.8.0 (CPU):
@@ -30,7 +32,8 @@ import sys
 import torch
 from safetensors.torch import save_file
 from transformers import (AutoModel, AutoModelForCausalLM, AutoTokenizer, BertConfig,
-                          BertForSequenceClassification, GPT2Config, GPT2LMHeadModel,
+                          BertForSequenceClassification, GemmaConfig, GemmaForCausalLM,
+                          GPT2Config, GPT2LMHeadModel,
                           LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
                           Qwen2Config, Qwen2ForCausalLM, RobertaConfig,
                           RobertaForSequenceClassification)
@@ -71,6 +74,13 @@ def save_tiny(out, name, model, pad_id=0, avoid=(), extra=None):
         kwargs["token_type_ids"] = types
     with torch.no_grad():
         tensors["logits"] = model(input_ids=ids, attention_mask=mask, **kwargs).logits.float()
+        if extra == "generate":
+            prompt = torch.tensor([[3, 100, 7, 64, 12]])
+            out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8,
+                                 min_new_tokens=8, do_sample=False, eos_token_id=None,
+                                 pad_token_id=0)
+            tensors["gen_prompt"] = prompt[0]
+            tensors["gen_output"] = out[0, prompt.shape[1]:]
     save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(d, "reference.safetensors"))
     print(f"{name}: logits {tuple(tensors['logits'].shape)}")
 
@@ -94,6 +104,17 @@ def tiny_models(out):
     # visible from query i when i - window < j <= i.
     save_tiny(out, "tiny-mistral", MistralForCausalLM(MistralConfig(
         **TINY, num_key_value_heads=2, sliding_window=4, attn_implementation="eager")))
+    torch.manual_seed(0)
+    # Gemma: multi-query attention, head_dim 16 ≠ 32 / 4, the GELU-tanh MLP, a tied head; the
+    # norms' weights (zeros at init: a scale of 1 + 0) are drawn, so `1 + w` is tested
+    gemma = GemmaForCausalLM(GemmaConfig(
+        **TINY, num_key_value_heads=1, head_dim=16, hidden_act="gelu_pytorch_tanh",
+        rms_norm_eps=1e-6, attn_implementation="eager"))
+    with torch.no_grad():
+        for name, p in gemma.named_parameters():
+            if "norm" in name:
+                p.normal_(0.0, 0.3)
+    save_tiny(out, "tiny-gemma", gemma, extra="generate")
     torch.manual_seed(0)
     save_tiny(out, "tiny-gpt2", GPT2LMHeadModel(GPT2Config(
         n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=128,
@@ -240,11 +261,15 @@ def sft(out):
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a not in ("--only", "sft")]
-    out = args[0] if args else os.path.join(HERE, "..", "tests", "fixtures", "models")
+    argv = sys.argv[1:]
+    only = None
+    if "--only" in argv:
+        i = argv.index("--only")
+        only = argv[i + 1]
+        argv = argv[:i] + argv[i + 2:]
+    out = argv[0] if argv else os.path.join(HERE, "..", "tests", "fixtures", "models")
     os.makedirs(out, exist_ok=True)
-    if "--only" not in sys.argv:
-        tiny_models(out)
-        minilm(out)
-        smollm2(out)
-    sft(out)
+    parts = {"tiny": tiny_models, "minilm": minilm, "smollm2": smollm2, "sft": sft}
+    for name, make in parts.items():
+        if only in (None, name):
+            make(out)

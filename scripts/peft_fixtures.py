@@ -7,8 +7,10 @@
                   (default tests/fixtures/peft). Also SEQ_CLS adapters of the tiny BERT and
                   RoBERTa classifiers of tests/fixtures/models and of a bare (unprefixed) BERT
                   encoder, each with a perturbed head in `modules_to_save`, and peft's logits
-                  (`seqcls_*`, `seqcls_outputs.safetensors`). The Rust test
-                  `tests/peft_interop.rs` loads them.
+                  (`seqcls_*`, `seqcls_outputs.safetensors`), and CAUSAL_LM adapters of the tiny
+                  Gemma on every projection (`causal_gemma`, `causal_outputs.safetensors`). The
+                  Rust tests `tests/peft_interop.rs` and `models/llama/tests/reference.rs` load
+                  them.
     check DIR     load adapters that balora saved (DIR/<name>/ + DIR/expected.safetensors, written by
                   `cargo test --test peft_interop -- --ignored write_adapters_for_peft`) with peft
                   onto the same base model and compare peft's outputs with balora's, and the
@@ -192,6 +194,39 @@ def make_seqcls(out_dir):
               os.path.join(out_dir, "seqcls_outputs.safetensors"))
 
 
+CAUSAL = [("causal_gemma", "tiny-gemma")]
+
+
+def make_causal(out_dir):
+    """peft CAUSAL_LM adapters on the tiny decoders (every projection adapted)."""
+    torch.manual_seed(0)
+    outputs = {}
+    for name, base in CAUSAL:
+        base_dir = os.path.join(MODELS, base)
+        batch = load_file(os.path.join(base_dir, "reference.safetensors"))
+        load = lambda: AutoModelForCausalLM.from_pretrained(base_dir, attn_implementation="eager").eval()
+        model = get_peft_model(load(), LoraConfig(
+            task_type="CAUSAL_LM", r=4, lora_alpha=8, init_lora_weights=False,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                            "down_proj"]))
+        perturb_adapters(model)
+        model.eval()
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        outputs[f"{name}.input_ids"] = batch["input_ids"]
+        outputs[f"{name}.attention_mask"] = batch["attention_mask"]
+        outputs[f"{name}.logits"] = logits.float()
+        model.save_pretrained(os.path.join(out_dir, name))
+        os.remove(os.path.join(out_dir, name, "README.md"))
+        config_path = os.path.join(out_dir, name, "adapter_config.json")
+        config = json.load(open(config_path))
+        config["base_model_name_or_path"] = f"tests/fixtures/models/{base}"
+        with open(config_path, "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+    save_file({k: v.contiguous() for k, v in outputs.items()},
+              os.path.join(out_dir, "causal_outputs.safetensors"))
+
+
 def check_seqcls(path, name, expected):
     config = json.load(open(os.path.join(path, "adapter_config.json")))
     saved = load_file(os.path.join(path, "adapter_model.safetensors"))
@@ -266,6 +301,7 @@ if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "make":
         make(sys.argv[2] if len(sys.argv) > 2 else DEFAULT_OUT)
         make_seqcls(sys.argv[2] if len(sys.argv) > 2 else DEFAULT_OUT)
+        make_causal(sys.argv[2] if len(sys.argv) > 2 else DEFAULT_OUT)
     elif len(sys.argv) == 3 and sys.argv[1] == "check":
         check(sys.argv[2])
     else:

@@ -17,7 +17,7 @@ use burn::tensor::{DType, Device, Tensor};
 /// A supported model family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
-    /// Llama, Mistral, Qwen2, SmolLM (`balora-llama`).
+    /// Llama, Mistral, Qwen2, Gemma, SmolLM (`balora-llama`).
     Llama,
     /// GPT-2 (`balora-gpt2`).
     Gpt2,
@@ -26,13 +26,13 @@ pub enum Architecture {
 }
 
 /// The `model_type` values balora reads, for error messages.
-const SUPPORTED: &str = "llama, mistral, qwen2, gpt2, bert, roberta or xlm-roberta";
+const SUPPORTED: &str = "llama, mistral, qwen2, gemma, gpt2, bert, roberta or xlm-roberta";
 
 impl Architecture {
     /// The family of a `config.json` `model_type`, if supported.
     pub fn of_model_type(model_type: &str) -> Option<Self> {
         match model_type {
-            "llama" | "mistral" | "qwen2" => Some(Self::Llama),
+            "llama" | "mistral" | "qwen2" | "gemma" => Some(Self::Llama),
             "gpt2" => Some(Self::Gpt2),
             "bert" | "roberta" | "xlm-roberta" => Some(Self::Bert),
             _ => None,
@@ -113,7 +113,7 @@ impl AutoCausalLm {
             Architecture::Bert => Err(ModelError::UnsupportedConfig {
                 key: "model_type",
                 value: "an encoder (bert/roberta)".into(),
-                expected: "a decoder for a causal LM (llama, mistral, qwen2, gpt2); \
+                expected: "a decoder for a causal LM (llama, mistral, qwen2, gemma, gpt2); \
                            encoders fine-tune as sequence classifiers",
             }),
         }

@@ -31,6 +31,7 @@ pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
                 "tiny-llama3-rope",
                 "tiny-mistral",
                 "tiny-qwen2",
+                "tiny-gemma",
             ][..],
         ),
         ("config_bert", &["tiny-bert-cls", "tiny-roberta-cls"]),

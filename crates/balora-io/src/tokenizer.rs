@@ -37,6 +37,9 @@ pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer, IoError> {
     if let Some(processor) = value.get("post_processor") {
         check_post_processor(processor).map_err(unsupported)?;
     }
+    if let Some(model) = value.get("model") {
+        check_bpe_merges(model).map_err(unsupported)?;
+    }
     let parsed = std::panic::catch_unwind(|| serde_json::from_value::<Tokenizer>(value))
         .map_err(|_| unsupported("the tokenizers crate panicked while reading it".into()))?;
     let mut tokenizer = parsed.map_err(|e| unsupported(e.to_string()))?;
@@ -55,53 +58,84 @@ pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer, IoError> {
 /// What the `tokenizers` crate assumes of a `TemplateProcessing` post-processor read from a
 /// file without checking it (its builder checks; deserialisation does not), and panics on at
 /// the first encode otherwise: every special token a template names is defined, with as many
-/// ids as tokens, and the single-sequence template names no second sequence.
+/// ids as tokens, and the single-sequence template names no second sequence. The crate picks
+/// a processor by its fields, whatever its `type` says, so the check does too.
 fn check_post_processor(processor: &serde_json::Value) -> Result<(), String> {
     use serde_json::Value;
-    match processor.get("type").and_then(Value::as_str) {
-        Some("Sequence") => processor
-            .get("processors")
-            .and_then(Value::as_array)
-            .map_or(Ok(()), |list| {
-                list.iter().try_for_each(check_post_processor)
-            }),
-        Some("TemplateProcessing") => {
-            let specials = processor.get("special_tokens").and_then(Value::as_object);
-            for (name, token) in specials.into_iter().flatten() {
-                let len = |key: &str| token.get(key).and_then(Value::as_array).map(Vec::len);
-                if len("ids") != len("tokens") {
-                    return Err(format!(
-                        "post_processor: special token {name:?} has {:?} ids but {:?} tokens",
-                        len("ids"),
-                        len("tokens")
-                    ));
-                }
-            }
-            for template in ["single", "pair"] {
-                let pieces = processor.get(template).and_then(Value::as_array);
-                for piece in pieces.into_iter().flatten() {
-                    if let Some(id) = piece.pointer("/SpecialToken/id").and_then(Value::as_str)
-                        && !specials.is_some_and(|s| s.contains_key(id))
-                    {
-                        return Err(format!(
-                            "post_processor: the {template} template names special token \
-                             {id:?}, which special_tokens does not define"
-                        ));
-                    }
-                    if template == "single"
-                        && piece.pointer("/Sequence/id").and_then(Value::as_str) == Some("B")
-                    {
-                        return Err(
-                            "post_processor: the single template names the second sequence B"
-                                .into(),
-                        );
-                    }
-                }
-            }
-            Ok(())
-        }
-        _ => Ok(()),
+    if let Some(list) = processor.get("processors").and_then(Value::as_array) {
+        return list.iter().try_for_each(check_post_processor);
     }
+    let specials = processor.get("special_tokens").and_then(Value::as_object);
+    for (name, token) in specials.into_iter().flatten() {
+        let len = |key: &str| token.get(key).and_then(Value::as_array).map(Vec::len);
+        if len("ids") != len("tokens") {
+            return Err(format!(
+                "post_processor: special token {name:?} has {:?} ids but {:?} tokens",
+                len("ids"),
+                len("tokens")
+            ));
+        }
+    }
+    for template in ["single", "pair"] {
+        let pieces = processor.get(template).and_then(Value::as_array);
+        for piece in pieces.into_iter().flatten() {
+            if let Some(id) = piece.pointer("/SpecialToken/id").and_then(Value::as_str)
+                && !specials.is_some_and(|s| s.contains_key(id))
+            {
+                return Err(format!(
+                    "post_processor: the {template} template names special token {id:?}, \
+                     which special_tokens does not define"
+                ));
+            }
+            if template == "single"
+                && piece.pointer("/Sequence/id").and_then(Value::as_str) == Some("B")
+            {
+                return Err(
+                    "post_processor: the single template names the second sequence B".into(),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What the `tokenizers` crate's BPE builder assumes of a file's merges and slices by
+/// without checking: a merged token is no longer than the longest vocabulary entry (it must
+/// be one), and the second part is at least as long as the continuing-subword prefix it
+/// strips.
+fn check_bpe_merges(model: &serde_json::Value) -> Result<(), String> {
+    use serde_json::Value;
+    let (Some(vocab), Some(merges)) = (
+        model.get("vocab").and_then(Value::as_object),
+        model.get("merges").and_then(Value::as_array),
+    ) else {
+        return Ok(());
+    };
+    let longest = vocab.keys().map(String::len).max().unwrap_or(0);
+    let prefix = model
+        .get("continuing_subword_prefix")
+        .and_then(Value::as_str)
+        .map_or(0, str::len);
+    for merge in merges {
+        let (a, b) = match merge {
+            Value::Array(pair) => match &pair[..] {
+                [Value::String(a), Value::String(b)] => (a.as_str(), b.as_str()),
+                _ => continue,
+            },
+            Value::String(line) => match line.split_once(' ') {
+                Some(pair) => pair,
+                None => continue,
+            },
+            _ => continue,
+        };
+        if b.len() < prefix || a.len() + b.len() - prefix > longest {
+            return Err(format!(
+                "model.merges: merging {a:?} and {b:?} makes a token longer than any in the \
+                 vocabulary"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// One chat message.

@@ -1,7 +1,10 @@
-//! `config.json` of a Llama-family checkpoint (transformers 4.x and 5.x spellings).
+//! `config.json` of a Llama-family checkpoint (transformers 4.x and 5.x spellings), Gemma
+//! included: Gemma is Llama with a GELU-gated MLP, `(1 + w)` RMSNorm weights, embeddings
+//! scaled by √hidden and a tied head (docs/methods.md, "Model configs").
 
 use serde::Deserialize;
 
+use balora_kernels::Activation;
 use balora_model::{ModelConfig, ModelError};
 
 /// RoPE frequency scaling (`rope_scaling` in transformers 4, `rope_parameters` in 5).
@@ -52,10 +55,11 @@ impl TokenIds {
 }
 
 /// The fields of `config.json` the Llama family needs; the architecture differences
-/// (Qwen2's q/k/v bias, Mistral's sliding window, llama3 RoPE) are all configuration.
+/// (Qwen2's q/k/v bias, Mistral's sliding window, llama3 RoPE, Gemma's activation, norm and
+/// embedding scale) are all configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct LlamaConfig {
-    /// `llama`, `mistral` or `qwen2`.
+    /// `llama`, `mistral`, `qwen2` or `gemma`.
     pub model_type: String,
     /// Vocabulary size V (rows of the embeddings and the LM head).
     pub vocab_size: usize,
@@ -85,9 +89,10 @@ pub struct LlamaConfig {
     /// RoPE parameters (transformers 5).
     #[serde(default)]
     pub rope_parameters: Option<RopeScaling>,
-    /// Share the LM head with the input embeddings.
+    /// Share the LM head with the input embeddings (absent: transformers' default, true
+    /// for Gemma, false for the others).
     #[serde(default)]
-    pub tie_word_embeddings: bool,
+    pub tie_word_embeddings: Option<bool>,
     /// Llama: bias on q, k, v and o.
     #[serde(default)]
     pub attention_bias: bool,
@@ -103,9 +108,12 @@ pub struct LlamaConfig {
     /// Positions the model was trained for.
     #[serde(default = "default_max_pos")]
     pub max_position_embeddings: usize,
-    /// Activation (only `silu` is supported).
-    #[serde(default = "default_act")]
-    pub hidden_act: String,
+    /// The MLP's activation: `silu` (Llama, Mistral, Qwen2) or `gelu_pytorch_tanh` (Gemma).
+    #[serde(default)]
+    pub hidden_act: Option<String>,
+    /// Gemma in transformers 4.x: the MLP's activation, taking precedence over `hidden_act`.
+    #[serde(default)]
+    pub hidden_activation: Option<String>,
     /// Beginning-of-sequence id.
     #[serde(default)]
     pub bos_token_id: Option<u32>,
@@ -123,11 +131,61 @@ fn default_eps() -> f64 {
 fn default_max_pos() -> usize {
     2048
 }
-fn default_act() -> String {
-    "silu".into()
-}
 
 impl LlamaConfig {
+    /// Whether this is a Gemma checkpoint.
+    pub fn is_gemma(&self) -> bool {
+        self.model_type == "gemma"
+    }
+
+    /// Whether the LM head is the input embeddings.
+    pub fn tied(&self) -> bool {
+        self.tie_word_embeddings.unwrap_or(self.is_gemma())
+    }
+
+    /// The MLP activation's name as the config gives it (with transformers' defaults).
+    pub fn activation_name(&self) -> &str {
+        let given = match self.is_gemma() {
+            true => self.hidden_activation.as_ref().or(self.hidden_act.as_ref()),
+            false => self.hidden_act.as_ref(),
+        };
+        given.map_or(
+            if self.is_gemma() {
+                "gelu_pytorch_tanh"
+            } else {
+                "silu"
+            },
+            String::as_str,
+        )
+    }
+
+    /// The MLP activation.
+    pub fn activation(&self) -> Result<Activation, ModelError> {
+        match self.activation_name() {
+            "silu" => Ok(Activation::Silu),
+            "gelu_pytorch_tanh" => Ok(Activation::GeluTanh),
+            // Gemma's original releases say `gelu` and mean the tanh approximation, which
+            // transformers substitutes
+            "gelu" if self.is_gemma() => Ok(Activation::GeluTanh),
+            other => Err(ModelError::UnsupportedConfig {
+                key: "hidden_act",
+                value: other.to_string(),
+                expected: "silu or gelu_pytorch_tanh",
+            }),
+        }
+    }
+
+    /// What the checkpoint's RMSNorm weights are offset by: Gemma stores `w` and scales by
+    /// `1 + w`.
+    pub fn norm_offset(&self) -> f64 {
+        if self.is_gemma() { 1.0 } else { 0.0 }
+    }
+
+    /// The factor the token embeddings are scaled by (Gemma: √hidden).
+    pub fn embed_scale(&self) -> Option<f64> {
+        self.is_gemma().then(|| (self.hidden_size as f64).sqrt())
+    }
+
     /// Key/value heads.
     pub fn kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
@@ -144,9 +202,9 @@ impl LlamaConfig {
         self.model_type == "qwen2" || self.attention_bias
     }
 
-    /// Whether o_proj carries a bias (Llama's `attention_bias` only).
+    /// Whether o_proj carries a bias (Llama's and Gemma's `attention_bias` only).
     pub fn o_bias(&self) -> bool {
-        self.model_type == "llama" && self.attention_bias
+        matches!(self.model_type.as_str(), "llama" | "gemma") && self.attention_bias
     }
 
     /// The sliding window in effect, if any.
@@ -204,7 +262,7 @@ impl ModelConfig for LlamaConfig {
         );
         let (h, kv) = (f(self.num_attention_heads), f(self.kv_heads()));
         let hd = self.head_dim.map_or(d / h, f);
-        let embeddings = v * d * if self.tie_word_embeddings { 1.0 } else { 2.0 };
+        let embeddings = v * d * if self.tied() { 1.0 } else { 2.0 };
         let layer = d * hd * (2.0 * h + 2.0 * kv) + 3.0 * d * i + 2.0 * d;
         embeddings + l * layer + d
     }
@@ -217,20 +275,17 @@ impl ModelConfig for LlamaConfig {
                 expected: "a finite value > 0",
             });
         }
-        if !matches!(self.model_type.as_str(), "llama" | "mistral" | "qwen2") {
+        if !matches!(
+            self.model_type.as_str(),
+            "llama" | "mistral" | "qwen2" | "gemma"
+        ) {
             return Err(ModelError::UnsupportedConfig {
                 key: "model_type",
                 value: self.model_type.clone(),
-                expected: "llama, mistral or qwen2",
+                expected: "llama, mistral, qwen2 or gemma",
             });
         }
-        if self.hidden_act != "silu" {
-            return Err(ModelError::UnsupportedConfig {
-                key: "hidden_act",
-                value: self.hidden_act.clone(),
-                expected: "silu",
-            });
-        }
+        self.activation()?;
         if let Some(r) = self.rope()
             && !matches!(r.rope_type.as_str(), "default" | "linear" | "llama3")
         {

@@ -1,6 +1,8 @@
 //! Llama-family causal language models from Hugging Face checkpoints: Llama 2/3, SmolLM/SmolLM2,
-//! Mistral and Qwen2, through `config.json` alone (GQA, RoPE θ and llama3 scaling, RMSNorm ε,
-//! SiLU-gated MLP, tied embeddings, Qwen2's q/k/v bias, Mistral's sliding window).
+//! Mistral, Qwen2 and Gemma, through `config.json` alone (GQA, RoPE θ and llama3 scaling,
+//! RMSNorm ε, SiLU-gated MLP, tied embeddings, Qwen2's q/k/v bias, Mistral's sliding window;
+//! Gemma's GELU-tanh-gated MLP, `(1 + w)` RMSNorm, √hidden embedding scale, `head_dim`
+//! independent of the width).
 //!
 //! Every projection is a [`LoraLinear`](balora_adapters::LoraLinear) slot named as peft names
 //! it (`q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`).
@@ -38,7 +40,12 @@ impl LlamaForCausalLM {
         let config: LlamaConfig = balora_model::load_config(&checkpoint, dtype)?;
         let mut model = Self::init(&config, device, dtype);
         checkpoint.load_into(&mut model, &LoadOptions::new(dtype))?;
-        Ok(model)
+        let by = config.norm_offset();
+        Ok(if by == 0.0 {
+            model
+        } else {
+            model.offset_norms(by)
+        })
     }
 
     /// Generate after `prompt` until a stop token or `config.max_new_tokens`; returns only the

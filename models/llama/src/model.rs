@@ -1,4 +1,5 @@
-//! `LlamaForCausalLM`: RMSNorm, rotate-half RoPE, grouped-query attention, SiLU-gated MLP.
+//! `LlamaForCausalLM`: RMSNorm, rotate-half RoPE, grouped-query attention, a gated MLP
+//! (SiLU; Gemma's tanh-approximated GELU).
 //! Field names are the Hugging Face keys (`model.layers.0.self_attn.q_proj`), so checkpoints
 //! load without remapping and adapter paths equal peft's.
 
@@ -103,7 +104,7 @@ impl Attention {
     }
 }
 
-/// The SiLU-gated MLP `down(silu(gate(x)) ⊙ up(x))`.
+/// The gated MLP `down(act(gate(x)) ⊙ up(x))`: SiLU (Llama), GELU-tanh (Gemma's GeGLU).
 #[derive(Module, Debug)]
 pub struct Mlp {
     /// `[intermediate, hidden]`.
@@ -112,11 +113,13 @@ pub struct Mlp {
     pub up_proj: LoraLinear,
     /// `[hidden, intermediate]`.
     pub down_proj: LoraLinear,
+    #[module(skip)]
+    act: Activation,
 }
 
 impl Mlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = activation(self.gate_proj.forward(x.clone()), Activation::Silu);
+        let gate = activation(self.gate_proj.forward(x.clone()), self.act);
         self.down_proj.forward(gate * self.up_proj.forward(x))
     }
 }
@@ -172,8 +175,11 @@ pub struct LlamaForCausalLM {
 }
 
 impl LlamaForCausalLM {
-    /// A model of `config` with zero weights (to be loaded), frozen.
+    /// A model of `config` with zero weights (to be loaded), frozen. The config must have
+    /// passed [`ModelConfig::validate`](balora_model::ModelConfig::validate) (an activation
+    /// it names but this crate lacks falls back to SiLU).
     pub fn init(config: &LlamaConfig, device: &Device, dtype: DType) -> Self {
+        let act = config.activation().unwrap_or(Activation::Silu);
         let (hd, d) = (config.hidden_size, config.head_dim());
         let (h, kvh) = (config.num_attention_heads, config.kv_heads());
         let norm = || {
@@ -216,14 +222,15 @@ impl LlamaForCausalLM {
                         device,
                         dtype,
                     ),
+                    act,
                 },
             })
             .collect();
         let embed_tokens = EmbeddingConfig::new(config.vocab_size, hd)
             .with_initializer(Initializer::Zeros)
             .init(device);
-        let lm_head = (!config.tie_word_embeddings)
-            .then(|| frozen_linear(config.vocab_size, hd, false, device, dtype));
+        let lm_head =
+            (!config.tied()).then(|| frozen_linear(config.vocab_size, hd, false, device, dtype));
         Self {
             model: LlamaModel {
                 embed_tokens,
@@ -234,6 +241,28 @@ impl LlamaForCausalLM {
             config: config.clone(),
         }
         .freeze()
+    }
+
+    /// Add `by` to every RMSNorm weight: Gemma's checkpoints store `w` for a scale of
+    /// `1 + w` (computed in f32, as transformers does).
+    pub(crate) fn offset_norms(mut self, by: f64) -> Self {
+        let shift = |norm: RmsNorm| -> RmsNorm {
+            let gamma = norm.gamma.map(|w| {
+                let dtype = w.dtype();
+                w.cast(DType::F32).add_scalar(by).cast(dtype)
+            });
+            RmsNorm { gamma, ..norm }
+        };
+        self.model.layers = std::mem::take(&mut self.model.layers)
+            .into_iter()
+            .map(|l| DecoderLayer {
+                input_layernorm: shift(l.input_layernorm),
+                post_attention_layernorm: shift(l.post_attention_layernorm),
+                ..l
+            })
+            .collect();
+        self.model.norm = shift(self.model.norm);
+        self
     }
 
     /// The configuration.
@@ -261,6 +290,11 @@ impl LlamaForCausalLM {
         }
         let mut x = self.model.embed_tokens.forward(batch.ids(&device));
         let dtype = x.dtype();
+        if let Some(scale) = cfg.embed_scale() {
+            // transformers multiplies by √hidden rounded to the hidden states' dtype
+            let scale = Tensor::<1>::from_data([scale], (&device, dtype));
+            x = x * scale.reshape([1, 1, 1]);
+        }
         let (cos, sin) = Rope::new(cfg).tables(&positions, [b, t], &device, dtype);
         // With a cache the key mask must cover past + new positions: decoding is done one
         // unpadded sequence at a time, so only a fresh forward carries padding.

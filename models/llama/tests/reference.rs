@@ -57,6 +57,7 @@ fn check_tiny(case: &str) {
     let (want, shape) = floats(&file, "logits");
     let got = values(model.logits(&batch));
     let err = max_err_real(&got, &want, &batch.attention_mask, shape[2]);
+    eprintln!("{case}: max |Δ logits| = {err:e}");
     assert!(err <= 1e-4, "{case}: max |Δ logits| = {err:e}");
 }
 
@@ -78,6 +79,58 @@ fn tiny_qwen2_with_qkv_bias_matches_transformers() {
 #[test]
 fn tiny_mistral_with_sliding_window_matches_transformers() {
     check_tiny("tiny-mistral");
+}
+
+/// Gemma: multi-query attention, head_dim 16 with a width of 32 over 4 heads, GELU-tanh MLP,
+/// `(1 + w)` norms with drawn weights, √hidden-scaled embeddings, a tied head.
+#[test]
+fn tiny_gemma_matches_transformers() {
+    check_tiny("tiny-gemma");
+}
+
+#[test]
+fn tiny_gemma_greedy_generation_matches_transformers_with_and_without_cache() {
+    let dir = fixture("models/tiny-gemma");
+    let model = LlamaForCausalLM::from_pretrained(&dir, &Device::flex(), DType::F32).unwrap();
+    let file = SafetensorsFile::open(&dir.join("reference.safetensors")).unwrap();
+    let (prompt, want) = (ints(&file, "gen_prompt"), ints(&file, "gen_output"));
+    // transformers generated 8 tokens with no stop token
+    let config = GenerationConfig::greedy(want.len(), vec![]);
+    assert_eq!(
+        model.generate(&prompt, &config, true).unwrap(),
+        want,
+        "KV cache"
+    );
+    assert_eq!(
+        model.generate(&prompt, &config, false).unwrap(),
+        want,
+        "no cache"
+    );
+}
+
+/// A peft LoRA adapter on every projection of the tiny Gemma (scripts/peft_fixtures.py) gives
+/// peft's logits.
+#[test]
+fn a_peft_adapter_on_tiny_gemma_gives_peft_logits() {
+    let mut model = LlamaForCausalLM::from_pretrained(
+        &fixture("models/tiny-gemma"),
+        &Device::flex(),
+        DType::F32,
+    )
+    .unwrap();
+    let loaded = balora_io::load_adapter(&mut model, &fixture("peft/causal_gemma")).unwrap();
+    assert_eq!(loaded.adapted.len(), 2 * 7);
+    let file = SafetensorsFile::open(&fixture("peft/causal_outputs.safetensors")).unwrap();
+    let batch = fixture_batch(
+        &file,
+        "causal_gemma.input_ids",
+        "causal_gemma.attention_mask",
+    );
+    let (want, shape) = floats(&file, "causal_gemma.logits");
+    let got = values(model.logits(&batch));
+    let err = max_err_real(&got, &want, &batch.attention_mask, shape[2]);
+    eprintln!("tiny-gemma + peft adapter: max |Δ logits| = {err:e}");
+    assert!(err <= 1e-4, "max |Δ logits| = {err:e}");
 }
 
 fn smollm2() -> (LlamaForCausalLM, std::path::PathBuf) {
