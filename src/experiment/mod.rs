@@ -357,6 +357,13 @@ impl<'a> Experiment<'a> {
         let how = if summary.is_file() {
             "done before"
         } else {
+            // the grid's own tree; a run refuses an output folder without a parent
+            if let Some(parent) = spec.dir.parent() {
+                std::fs::create_dir_all(parent).map_err(|source| IoError::Fs {
+                    path: parent.to_path_buf(),
+                    source,
+                })?;
+            }
             (self.run)(&config).map_err(|e| ExperimentError::Run {
                 dir: spec.dir.clone(),
                 source: Box::new(e),
