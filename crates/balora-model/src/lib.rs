@@ -12,7 +12,7 @@ pub mod generation;
 mod size;
 
 pub use generation::{GenerationConfig, Sampler};
-pub use size::{ModelConfig, load_config};
+pub use size::{ModelConfig, load_config, positive};
 
 use balora_adapters::AdapterSlots;
 use balora_io::IoError;

@@ -63,6 +63,18 @@ pub fn load_config<C: ModelConfig>(
     Ok(config)
 }
 
+/// Refuse a `config.json` value that must be a positive finite number (a norm's ε).
+pub fn positive(key: &'static str, value: f64) -> Result<(), ModelError> {
+    if value.is_finite() && value > 0.0 {
+        return Ok(());
+    }
+    Err(ModelError::UnsupportedConfig {
+        key,
+        value: value.to_string(),
+        expected: "a finite value > 0",
+    })
+}
+
 fn largest(dims: &[(&'static str, usize)]) -> (&'static str, usize) {
     dims.iter()
         .copied()

@@ -183,21 +183,27 @@ pub fn create_output(output: &Path) -> Result<(), TrainError> {
 /// Without a `latest` naming a complete checkpoint no checkpoint folder is touched.
 fn remove_leftovers(output: &Path) -> Result<(), TrainError> {
     let keep = latest_checkpoint(output).and(latest_name(output));
+    remove_entries(output, |name| {
+        let superseded = is_checkpoint_name(name) && keep.as_ref().is_some_and(|k| k != name);
+        superseded || is_partial_name(name) || balora_io::fs::is_temporary(name)
+    })
+}
+
+/// Remove every entry of `output` whose name `doomed` selects (folders with their contents).
+fn remove_entries(output: &Path, doomed: impl Fn(&str) -> bool) -> Result<(), TrainError> {
     let entries = std::fs::read_dir(output).map_err(|source| balora_io::IoError::Fs {
         path: output.to_path_buf(),
         source,
     })?;
     for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let partial = is_partial_name(&name);
-        let path = e.path();
-        let superseded = is_checkpoint_name(&name) && keep.as_ref().is_some_and(|k| *k != name);
-        let removed = if partial || superseded {
-            std::fs::remove_dir_all(&path)
-        } else if balora_io::fs::is_temporary(&name) {
-            std::fs::remove_file(&path)
-        } else {
+        if !doomed(&e.file_name().to_string_lossy()) {
             continue;
+        }
+        let path = e.path();
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
         };
         removed.map_err(|source| balora_io::IoError::Fs { path, source })?;
     }
@@ -651,17 +657,5 @@ where
 
 /// Keep only the checkpoint `keep` (the others are superseded once `latest` points at it).
 fn remove_stale_checkpoints(output: &Path, keep: &str) -> Result<(), TrainError> {
-    let entries = std::fs::read_dir(output).map_err(|source| balora_io::IoError::Fs {
-        path: output.to_path_buf(),
-        source,
-    })?;
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if is_checkpoint_name(&name) && name != keep {
-            let path = e.path();
-            std::fs::remove_dir_all(&path)
-                .map_err(|source| balora_io::IoError::Fs { path, source })?;
-        }
-    }
-    Ok(())
+    remove_entries(output, |name| is_checkpoint_name(name) && name != keep)
 }

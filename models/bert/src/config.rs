@@ -87,13 +87,7 @@ impl ModelConfig for BertConfig {
     }
 
     fn validate(&self) -> Result<(), ModelError> {
-        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
-            return Err(ModelError::UnsupportedConfig {
-                key: "layer_norm_eps",
-                value: self.layer_norm_eps.to_string(),
-                expected: "a finite value > 0",
-            });
-        }
+        balora_model::positive("layer_norm_eps", self.layer_norm_eps)?;
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(ModelError::UnsupportedConfig {
                 key: "num_attention_heads",

@@ -69,13 +69,7 @@ impl ModelConfig for Gpt2Config {
     }
 
     fn validate(&self) -> Result<(), ModelError> {
-        if !(self.layer_norm_epsilon.is_finite() && self.layer_norm_epsilon > 0.0) {
-            return Err(ModelError::UnsupportedConfig {
-                key: "layer_norm_epsilon",
-                value: self.layer_norm_epsilon.to_string(),
-                expected: "a finite value > 0",
-            });
-        }
+        balora_model::positive("layer_norm_epsilon", self.layer_norm_epsilon)?;
         if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(ModelError::UnsupportedConfig {
                 key: "n_head",

@@ -268,13 +268,7 @@ impl ModelConfig for LlamaConfig {
     }
 
     fn validate(&self) -> Result<(), ModelError> {
-        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
-            return Err(ModelError::UnsupportedConfig {
-                key: "rms_norm_eps",
-                value: self.rms_norm_eps.to_string(),
-                expected: "a finite value > 0",
-            });
-        }
+        balora_model::positive("rms_norm_eps", self.rms_norm_eps)?;
         if !matches!(
             self.model_type.as_str(),
             "llama" | "mistral" | "qwen2" | "gemma"
