@@ -617,9 +617,7 @@ where
     pub fn save_checkpoint(&self) -> Result<(), TrainError> {
         let name = format!("checkpoint-{}", self.state.step);
         let step = self.state.step;
-        if latest_name(&self.output).as_ref() == Some(&name)
-            && latest_checkpoint(&self.output).is_some()
-        {
+        if latest_checkpoint(&self.output).is_some_and(|dir| dir.ends_with(&name)) {
             return Ok(());
         }
         save_checkpoint(&self.output, &name, self.model(), &self.optim, &self.state)?;
