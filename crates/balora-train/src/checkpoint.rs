@@ -162,14 +162,18 @@ pub fn has_checkpoint(dir: &Path) -> bool {
     dir.join(STATE).is_file() && dir.join(TENSORS).is_file()
 }
 
-/// Restore the trainable tensors of `model` and the optimizer state (onto `device`) from `dir`.
+/// Restore the trainable tensors of `model` and the optimizer state (onto `device`) from `dir`,
+/// once `accept` has taken the loop state (its refusal names the state file).
 pub fn load_checkpoint<M: Module>(
     dir: &Path,
     model: M,
     optim: &mut TorchAdamW,
     device: &Device,
+    accept: impl FnOnce(&LoopState) -> Result<(), String>,
 ) -> Result<(M, LoopState), TrainError> {
-    let state: LoopState = read_json(&dir.join(STATE))?;
+    let path = dir.join(STATE);
+    let state: LoopState = read_json(&path)?;
+    accept(&state).map_err(|reason| TrainError::Checkpoint { path, reason })?;
     let file = SafetensorsFile::open(&dir.join(TENSORS))?;
     let mut restore = Restore {
         file: &file,

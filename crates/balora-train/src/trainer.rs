@@ -182,7 +182,8 @@ pub fn create_output(output: &Path) -> Result<(), TrainError> {
 /// (superseded ones, or one renamed into place just before a crash, before `latest` moved).
 /// Without a `latest` naming a complete checkpoint no checkpoint folder is touched.
 fn remove_leftovers(output: &Path) -> Result<(), TrainError> {
-    let keep = latest_checkpoint(output).and(latest_name(output));
+    let keep = latest_checkpoint(output)
+        .and_then(|dir| Some(dir.file_name()?.to_string_lossy().into_owned()));
     remove_entries(output, |name| {
         let superseded = is_checkpoint_name(name) && keep.as_ref().is_some_and(|k| k != name);
         superseded || is_partial_name(name) || balora_io::fs::is_temporary(name)
@@ -438,46 +439,38 @@ where
             return Ok(false);
         };
         let model = self.take_model();
-        // a checkpoint that does not load leaves the trainer as it was
-        let (loaded, state) =
-            match load_checkpoint(&dir, model.clone(), &mut self.optim, &self.device) {
-                Ok(loaded) => loaded,
-                Err(e) => {
-                    self.model = Some(model);
-                    self.optim = TorchAdamW::new(self.config.adamw);
-                    return Err(e);
-                }
-            };
-        let batches = epoch_batches(
-            &self.lengths,
-            self.config.batch_size,
-            self.config.seed,
-            state.epoch,
-        );
-        // the cursor must fit this run: a checkpoint of another dataset, batch size or length
-        let fits = state.step <= self.config.max_steps
-            && state.adam_steps == state.step as u64
-            && state.batch_in_epoch <= batches.len();
-        if !fits {
-            self.model = Some(model);
-            self.optim = TorchAdamW::new(self.config.adamw);
-            return Err(TrainError::Checkpoint {
-                path: dir.join("trainer_state.json"),
-                reason: format!(
-                    "step {} (AdamW updates {}, batch {} of an epoch) does not fit this run \
-                     ({} steps, {} batches per epoch): was it written with other data or \
-                     settings?",
-                    state.step,
-                    state.adam_steps,
-                    state.batch_in_epoch,
-                    self.config.max_steps,
-                    batches.len()
-                ),
-            });
+        // the cursor must fit this run (not a checkpoint of other data, batch size or length);
+        // every epoch has as many batches as the first
+        let (max_steps, per_epoch) = (self.config.max_steps, self.batches.len());
+        let fits = |s: &LoopState| {
+            if s.step <= max_steps && s.adam_steps == s.step as u64 && s.batch_in_epoch <= per_epoch
+            {
+                return Ok(());
+            }
+            Err(format!(
+                "step {} (AdamW updates {}, batch {} of an epoch) does not fit this run ({} \
+                 steps, {} batches per epoch): was it written with other data or settings?",
+                s.step, s.adam_steps, s.batch_in_epoch, max_steps, per_epoch
+            ))
+        };
+        match load_checkpoint(&dir, model.clone(), &mut self.optim, &self.device, fits) {
+            Ok((loaded, state)) => {
+                self.model = Some(loaded);
+                self.batches = epoch_batches(
+                    &self.lengths,
+                    self.config.batch_size,
+                    self.config.seed,
+                    state.epoch,
+                );
+                self.state = state;
+            }
+            // a checkpoint that does not load leaves the trainer as it was
+            Err(e) => {
+                self.model = Some(model);
+                self.optim = TorchAdamW::new(self.config.adamw);
+                return Err(e);
+            }
         }
-        self.model = Some(loaded);
-        self.batches = batches;
-        self.state = state;
         Ok(true)
     }
 
