@@ -5,7 +5,8 @@
 
 Writes, each as small safetensors files:
   * tiny random checkpoints saved by transformers (tiny-llama, tiny-llama3-rope, tiny-qwen2,
-    tiny-mistral, tiny-gemma, tiny-gpt2, tiny-bert-cls, tiny-roberta-cls) with
+    tiny-mistral, tiny-gemma, tiny-gpt2, tiny-bert-cls, tiny-roberta-cls, tiny-deberta-v3-cls,
+    tiny-deberta-v2-cls) with
     `reference.safetensors`: `input_ids`/`attention_mask` [2, 7] (row 1 right-padded by 3) and
     the model's `logits`; tiny-gemma also greedy ids (`gen_prompt`, `gen_output`: 8 new tokens,
     no stop token);
@@ -32,7 +33,8 @@ import sys
 import torch
 from safetensors.torch import save_file
 from transformers import (AutoModel, AutoModelForCausalLM, AutoTokenizer, BertConfig,
-                          BertForSequenceClassification, GemmaConfig, GemmaForCausalLM,
+                          BertForSequenceClassification, DebertaV2Config,
+                          DebertaV2ForSequenceClassification, GemmaConfig, GemmaForCausalLM,
                           GPT2Config, GPT2LMHeadModel,
                           LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
                           Qwen2Config, Qwen2ForCausalLM, RobertaConfig,
@@ -128,6 +130,32 @@ def tiny_models(out):
     save_tiny(out, "tiny-roberta-cls", RobertaForSequenceClassification(RobertaConfig(
         **{**TINY, "max_position_embeddings": 72}, num_labels=2, pad_token_id=1,
         type_vocab_size=1, attn_implementation="eager")), pad_id=1, avoid=(1,))
+    # DeBERTa-v3: shared position projections after the relative embeddings' LayerNorm, no
+    # absolute positions or token types; 4 buckets (exact distances up to 2, log-bucketed
+    # beyond) so the 7-token batch reaches the log buckets
+    torch.manual_seed(0)
+    save_tiny(out, "tiny-deberta-v3-cls", deberta(DebertaV2Config(
+        **TINY, num_labels=3, relative_attention=True, position_buckets=4,
+        max_relative_positions=-1, pos_att_type="p2c|c2p", share_att_key=True,
+        norm_rel_ebd="layer_norm", position_biased_input=False, type_vocab_size=0,
+        pad_token_id=0)))
+    # DeBERTa-v2: separate pos_key_proj / pos_query_proj, distances clamped at 4 without
+    # buckets, absolute positions and token types
+    torch.manual_seed(0)
+    save_tiny(out, "tiny-deberta-v2-cls", deberta(DebertaV2Config(
+        **TINY, num_labels=2, relative_attention=True, max_relative_positions=4,
+        pos_att_type=["c2p", "p2c"], share_att_key=False, position_biased_input=True,
+        type_vocab_size=2, pad_token_id=0)), extra="types")
+
+
+def deberta(config):
+    """A DeBERTa classifier whose LayerNorms are drawn (ones at init), so their weights count."""
+    model = DebertaV2ForSequenceClassification(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name:
+                p.add_(0.3 * torch.randn_like(p))
+    return model
 
 
 def topk(logits, k=50):

@@ -5,8 +5,9 @@
                   patterns; PiSSA saved converted to LoRA and unconverted), and write the base
                   weights, inputs, peft's outputs and peft's adapter directories to OUT
                   (default tests/fixtures/peft). Also SEQ_CLS adapters of the tiny BERT and
-                  RoBERTa classifiers of tests/fixtures/models and of a bare (unprefixed) BERT
-                  encoder, each with a perturbed head in `modules_to_save`, and peft's logits
+                  RoBERTa classifiers of tests/fixtures/models, of a bare (unprefixed) BERT
+                  encoder and of the tiny DeBERTa-v3 / v2 classifiers (pooler and classifier in
+                  `modules_to_save`), each with a perturbed head in `modules_to_save`, and peft's logits
                   (`seqcls_*`, `seqcls_outputs.safetensors`), and CAUSAL_LM adapters of the tiny
                   Gemma on every projection (`causal_gemma`, `causal_outputs.safetensors`). The
                   Rust tests `tests/peft_interop.rs` and `models/llama/tests/reference.rs` load
@@ -137,10 +138,21 @@ def make(out_dir):
 
 
 MODELS = os.path.join(HERE, "..", "tests", "fixtures", "models")
-# (adapter name, base checkpoint: a model fixture or, None, the bare encoder in OUT, labels)
-SEQCLS = [("seqcls_bert", "tiny-bert-cls", 3),
-          ("seqcls_roberta", "tiny-roberta-cls", 2),
-          ("seqcls_bare", None, 2)]
+BERT_TARGETS = dict(target_modules=["query", "value"])
+# DeBERTa: every projection but the pooler's (`pooler.dense` ends in `dense`, so the suffixes are
+# spelled out), and the pooler trained in full beside the classifier peft adds itself
+DEBERTA_TARGETS = dict(target_modules=["query_proj", "key_proj", "value_proj",
+                                       "intermediate.dense", "output.dense"],
+                       modules_to_save=["pooler"])
+# (adapter name, base checkpoint: a model fixture or, None, the bare encoder in OUT, labels,
+# LoraConfig targets)
+SEQCLS = [("seqcls_bert", "tiny-bert-cls", 3, BERT_TARGETS),
+          ("seqcls_roberta", "tiny-roberta-cls", 2, BERT_TARGETS),
+          ("seqcls_bare", None, 2, BERT_TARGETS),
+          ("seqcls_deberta", "tiny-deberta-v3-cls", 3, DEBERTA_TARGETS),
+          ("seqcls_deberta_v2", "tiny-deberta-v2-cls", 2,
+           dict(DEBERTA_TARGETS, target_modules=DEBERTA_TARGETS["target_modules"]
+                + ["pos_key_proj", "pos_query_proj"]))]
 
 
 def classifier(base_dir, num_labels):
@@ -161,12 +173,11 @@ def make_seqcls(out_dir):
     bare = BertForSequenceClassification.from_pretrained(os.path.join(MODELS, "tiny-bert-cls"))
     bare.bert.save_pretrained(os.path.join(out_dir, "seqcls_bare_base"), safe_serialization=True)
     outputs = {}
-    for name, base, labels in SEQCLS:
+    for name, base, labels, targets in SEQCLS:
         base_dir = os.path.join(MODELS, base) if base else os.path.join(out_dir, "seqcls_bare_base")
         batch = load_file(os.path.join(MODELS, base or "tiny-bert-cls", "reference.safetensors"))
         model = get_peft_model(classifier(base_dir, labels), LoraConfig(
-            task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query", "value"],
-            init_lora_weights=False))
+            task_type="SEQ_CLS", r=4, lora_alpha=8, init_lora_weights=False, **targets))
         with torch.no_grad():
             for p_name, p in model.named_parameters():
                 if "modules_to_save" in p_name:
@@ -250,7 +261,7 @@ def check_merged(path, name, expected):
     config = json.load(open(os.path.join(path, "config.json")))
     batch = {k.split(".", 1)[1]: v for k, v in expected.items() if k.startswith(f"{name}.")}
     kwargs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-    if config["model_type"] in ("bert", "roberta"):
+    if config["model_type"] in ("bert", "roberta", "deberta-v2"):
         model = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="eager")
     else:
         model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager")

@@ -6,11 +6,12 @@ use std::path::Path;
 
 use balora_adapters::{AdapterSlots, LoraLinear, SavedParam, SavedParamMut};
 use balora_bert::BertForSequenceClassification;
+use balora_deberta::DebertaV2ForSequenceClassification;
 use balora_gpt2::Gpt2LmHeadModel;
 use balora_io::MODEL_CONFIG;
 use balora_llama::LlamaForCausalLM;
 use balora_model::generation::generate_uncached;
-use balora_model::{CausalLm, GenerationConfig, ModelError, TokenBatch};
+use balora_model::{CausalLm, GenerationConfig, ModelError, SequenceClassifier, TokenBatch};
 use burn::module::Module;
 use burn::tensor::{DType, Device, Tensor};
 
@@ -23,10 +24,13 @@ pub enum Architecture {
     Gpt2,
     /// BERT, RoBERTa, MiniLM (`balora-bert`).
     Bert,
+    /// DeBERTa-v2 / v3 (`balora-deberta`).
+    Deberta,
 }
 
 /// The `model_type` values balora reads, for error messages.
-const SUPPORTED: &str = "llama, mistral, qwen2, gemma, gpt2, bert, roberta or xlm-roberta";
+const SUPPORTED: &str =
+    "llama, mistral, qwen2, gemma, gpt2, bert, roberta, xlm-roberta or deberta-v2";
 
 impl Architecture {
     /// The family of a `config.json` `model_type`, if supported.
@@ -35,6 +39,7 @@ impl Architecture {
             "llama" | "mistral" | "qwen2" | "gemma" => Some(Self::Llama),
             "gpt2" => Some(Self::Gpt2),
             "bert" | "roberta" | "xlm-roberta" => Some(Self::Bert),
+            "deberta-v2" => Some(Self::Deberta),
             _ => None,
         }
     }
@@ -55,7 +60,7 @@ impl Architecture {
 
     /// Whether the family is a decoder language model (else an encoder classifier).
     pub fn is_causal_lm(self) -> bool {
-        !matches!(self, Self::Bert)
+        !matches!(self, Self::Bert | Self::Deberta)
     }
 
     /// peft's default `target_modules` for the family (its
@@ -66,6 +71,7 @@ impl Architecture {
             Self::Llama => &["q_proj", "v_proj"],
             Self::Gpt2 => &["c_attn"],
             Self::Bert => &["query", "value"],
+            Self::Deberta => &["query_proj", "value_proj"],
         }
     }
 
@@ -84,6 +90,7 @@ impl Architecture {
             ],
             Self::Gpt2 => &["c_attn", "c_proj", "c_fc"],
             Self::Bert => &["query", "key", "value", "dense"],
+            Self::Deberta => &["query_proj", "key_proj", "value_proj", "dense"],
         }
     }
 }
@@ -110,9 +117,9 @@ impl AutoCausalLm {
             Architecture::Gpt2 => Ok(Self::Gpt2(Gpt2LmHeadModel::from_pretrained(
                 dir, device, dtype,
             )?)),
-            Architecture::Bert => Err(ModelError::UnsupportedConfig {
+            Architecture::Bert | Architecture::Deberta => Err(ModelError::UnsupportedConfig {
                 key: "model_type",
-                value: "an encoder (bert/roberta)".into(),
+                value: "an encoder (bert/roberta/deberta-v2)".into(),
                 expected: "a decoder for a causal LM (llama, mistral, qwen2, gemma, gpt2); \
                            encoders fine-tune as sequence classifiers",
             }),
@@ -224,9 +231,131 @@ impl CausalLm for AutoCausalLm {
     }
 }
 
-/// The sequence classifier of any supported encoder family (BERT, RoBERTa, MiniLM): see
-/// [`BertForSequenceClassification::from_pretrained`].
-pub type AutoSequenceClassifier = BertForSequenceClassification;
+/// A sequence classifier of any supported encoder family, loaded by `model_type`.
+#[derive(Module, Debug)]
+pub enum AutoSequenceClassifier {
+    /// BERT, RoBERTa, MiniLM.
+    Bert(BertForSequenceClassification),
+    /// DeBERTa-v2 / v3.
+    Deberta(DebertaV2ForSequenceClassification),
+}
+
+impl AutoSequenceClassifier {
+    /// Load the encoder checkpoint in `dir` as its family's classifier with `num_labels`
+    /// outputs (`None`: the checkpoint's `id2label` count), the head drawn from `seed` where
+    /// the checkpoint has none (see the families' `from_pretrained`).
+    pub fn from_pretrained(
+        dir: &Path,
+        num_labels: Option<usize>,
+        seed: u64,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
+        match Architecture::detect(dir)? {
+            Architecture::Bert => Ok(Self::Bert(BertForSequenceClassification::from_pretrained(
+                dir, num_labels, seed, device, dtype,
+            )?)),
+            Architecture::Deberta => Ok(Self::Deberta(
+                DebertaV2ForSequenceClassification::from_pretrained(
+                    dir, num_labels, seed, device, dtype,
+                )?,
+            )),
+            Architecture::Llama | Architecture::Gpt2 => Err(ModelError::UnsupportedConfig {
+                key: "model_type",
+                value: "a decoder (llama/gpt2 family)".into(),
+                expected: "an encoder for a sequence classifier (bert, roberta, xlm-roberta, \
+                           deberta-v2); decoders fine-tune as causal LMs",
+            }),
+        }
+    }
+
+    /// The family.
+    pub fn architecture(&self) -> Architecture {
+        match self {
+            Self::Bert(_) => Architecture::Bert,
+            Self::Deberta(_) => Architecture::Deberta,
+        }
+    }
+
+    /// transformers' task class of this checkpoint (a merged export's `architectures`).
+    pub fn class_name(&self) -> &'static str {
+        match self {
+            Self::Bert(m) if m.config().model_type == "bert" => "BertForSequenceClassification",
+            Self::Bert(m) if m.config().model_type == "xlm-roberta" => {
+                "XLMRobertaForSequenceClassification"
+            }
+            Self::Bert(_) => "RobertaForSequenceClassification",
+            Self::Deberta(_) => "DebertaV2ForSequenceClassification",
+        }
+    }
+}
+
+impl AdapterSlots for AutoSequenceClassifier {
+    fn visit_slots(&self, f: &mut dyn FnMut(&str, &LoraLinear)) {
+        match self {
+            Self::Bert(m) => m.visit_slots(f),
+            Self::Deberta(m) => m.visit_slots(f),
+        }
+    }
+
+    fn visit_slots_mut(&mut self, f: &mut dyn FnMut(&str, &mut LoraLinear)) {
+        match self {
+            Self::Bert(m) => m.visit_slots_mut(f),
+            Self::Deberta(m) => m.visit_slots_mut(f),
+        }
+    }
+
+    fn modules_to_save(&self) -> Vec<String> {
+        match self {
+            Self::Bert(m) => m.modules_to_save(),
+            Self::Deberta(m) => m.modules_to_save(),
+        }
+    }
+
+    fn visit_saved_modules(&self, f: &mut dyn FnMut(&str, SavedParam<'_>)) {
+        match self {
+            Self::Bert(m) => m.visit_saved_modules(f),
+            Self::Deberta(m) => m.visit_saved_modules(f),
+        }
+    }
+
+    fn visit_saved_modules_mut(&mut self, f: &mut dyn FnMut(&str, SavedParamMut<'_>)) {
+        match self {
+            Self::Bert(m) => m.visit_saved_modules_mut(f),
+            Self::Deberta(m) => m.visit_saved_modules_mut(f),
+        }
+    }
+}
+
+impl SequenceClassifier for AutoSequenceClassifier {
+    fn logits(&self, batch: &TokenBatch) -> Tensor<2> {
+        match self {
+            Self::Bert(m) => m.logits(batch),
+            Self::Deberta(m) => m.logits(batch),
+        }
+    }
+
+    fn num_labels(&self) -> usize {
+        match self {
+            Self::Bert(m) => m.num_labels(),
+            Self::Deberta(m) => m.num_labels(),
+        }
+    }
+
+    fn vocab_size(&self) -> usize {
+        match self {
+            Self::Bert(m) => m.vocab_size(),
+            Self::Deberta(m) => m.vocab_size(),
+        }
+    }
+
+    fn max_len(&self) -> Option<usize> {
+        match self {
+            Self::Bert(m) => m.max_len(),
+            Self::Deberta(m) => m.max_len(),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

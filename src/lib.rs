@@ -41,6 +41,7 @@ pub use burn;
 /// The architectures, one crate each, with Hugging Face key names.
 pub mod models {
     pub use balora_bert as bert;
+    pub use balora_deberta as deberta;
     pub use balora_gpt2 as gpt2;
     pub use balora_llama as llama;
 }

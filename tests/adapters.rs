@@ -461,6 +461,65 @@ mod wgpu {
             assert!(err < 1e-4, "{name}: wgpu differs from flex by {err:e}");
         }
     }
+
+    /// DeBERTa's disentangled attention (expanded gather indices, the score bias, the
+    /// relative embeddings' LayerNorm): logits and their gradient with respect to the
+    /// relative embeddings.
+    fn deberta(device: &Device) -> (Vec<f64>, Vec<f64>) {
+        use balora::models::deberta::DebertaV2ForSequenceClassification;
+        let dir = balora_testkit::fixture("models/tiny-deberta-v3-cls");
+        let mut model =
+            DebertaV2ForSequenceClassification::from_pretrained(&dir, None, 0, device, DType::F32)
+                .unwrap();
+        let table = model.deberta.encoder.rel_embeddings.as_mut().unwrap();
+        let x = table.weight.val().require_grad();
+        table.weight = balora::burn::module::Param::from_tensor(x.clone());
+        let batch = balora::model::TokenBatch::right_padded(
+            &[vec![5, 9, 17, 33, 2, 71, 8], vec![4, 40, 100]],
+            0,
+        );
+        use balora::model::SequenceClassifier;
+        let logits = model.logits(&batch);
+        let g = tensor32(
+            &pseudo_random(logits.dims().iter().product(), 4),
+            logits.dims(),
+            device,
+        );
+        let grads = (logits.clone() * g).sum().backward();
+        (values(logits), values(x.grad(&grads).unwrap()))
+    }
+
+    #[test]
+    fn wgpu_matches_flex_on_deberta_logits() {
+        let flex = deberta(&Device::flex().autodiff());
+        let gpu = deberta(&balora::parse_device("wgpu:cpu", true).unwrap());
+        let err = max_abs(&flex.0, &gpu.0);
+        assert!(
+            err < 1e-4,
+            "DeBERTa logits: wgpu differs from flex by {err:e}"
+        );
+    }
+
+    /// Open finding: on lavapipe the gradient with respect to the relative embeddings differs
+    /// from flex's (which equals f64 flex to 7e-7) by 4e-4 (unpadded) to 1.4e-3 (padded) of
+    /// 0.66, though gather, expand, matmul, LayerNorm and biased attention each agree alone.
+    #[test]
+    #[ignore = "known wgpu gradient discrepancy under investigation (CHANGELOG)"]
+    fn wgpu_matches_flex_on_deberta_gradients() {
+        let flex = deberta(&Device::flex().autodiff());
+        let gpu = deberta(&balora::parse_device("wgpu:cpu", true).unwrap());
+        let err = max_abs(&flex.1, &gpu.1);
+        assert!(
+            err < 1e-4,
+            "DeBERTa ∂/∂rel_embeddings: wgpu differs by {err:e}"
+        );
+    }
+
+    fn max_abs(a: &[f64], b: &[f64]) -> f64 {
+        a.iter()
+            .zip(b)
+            .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
+    }
 }
 
 /// PiSSA initialisation time of one 4096 × 4096 layer (reported, not asserted).

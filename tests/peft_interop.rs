@@ -14,6 +14,7 @@ use balora::adapters::{
     AdapterSlots, InitMode, LoraConfig, LoraLinear, MonteCloraConfig, SavedParamMut, TargetModules,
     inject,
 };
+use balora::auto::AutoSequenceClassifier;
 use balora::burn::module::Module;
 use balora::burn::tensor::{DType, Device, Tensor, TensorData};
 use balora::io::tensors::{SafetensorsFile, write_safetensors};
@@ -21,7 +22,6 @@ use balora::io::{
     InitLoraWeights, MergeOptions, SaveOptions, TaskType, load_adapter, read_config, save_adapter,
     save_merged,
 };
-use balora_bert::BertForSequenceClassification;
 use balora_llama::LlamaForCausalLM;
 use balora_model::{CausalLm, SequenceClassifier, TokenBatch};
 use balora_testkit::{fixture, max_abs_diff, pseudo_random};
@@ -328,14 +328,33 @@ fn bad_adapter_files_name_the_file_key_and_shapes() {
     assert!(load(&d).contains("use_dora"));
 }
 
-/// The SEQ_CLS cases of `scripts/peft_fixtures.py`: adapter name, base checkpoint, labels.
-fn seqcls_cases() -> [(&'static str, PathBuf, usize); 3] {
+/// The SEQ_CLS cases of `scripts/peft_fixtures.py`: adapter name, base checkpoint, labels,
+/// layers peft adapted.
+fn seqcls_cases() -> [(&'static str, PathBuf, usize, usize); 5] {
     [
-        ("seqcls_bert", fixture("models/tiny-bert-cls"), 3),
-        ("seqcls_roberta", fixture("models/tiny-roberta-cls"), 2),
+        ("seqcls_bert", fixture("models/tiny-bert-cls"), 3, 4),
+        ("seqcls_roberta", fixture("models/tiny-roberta-cls"), 2, 4),
         // a bare encoder checkpoint (keys without `bert.`), as all-MiniLM-L6-v2 ships
-        ("seqcls_bare", fixtures().join("seqcls_bare_base"), 2),
+        ("seqcls_bare", fixtures().join("seqcls_bare_base"), 2, 4),
+        // every projection of two layers but the pooler's; pooler and classifier saved
+        (
+            "seqcls_deberta",
+            fixture("models/tiny-deberta-v3-cls"),
+            3,
+            12,
+        ),
+        // v2's separate position projections too
+        (
+            "seqcls_deberta_v2",
+            fixture("models/tiny-deberta-v2-cls"),
+            2,
+            16,
+        ),
     ]
+}
+
+fn classifier(base: &Path, labels: usize, seed: u64, device: &Device) -> AutoSequenceClassifier {
+    AutoSequenceClassifier::from_pretrained(base, Some(labels), seed, device, DType::F32).unwrap()
 }
 
 /// The batch peft's logits of case `name` were computed on.
@@ -369,17 +388,14 @@ fn seqcls_logits(name: &str, device: &Device) -> Tensor<2> {
 #[test]
 fn seq_cls_adapters_saved_by_peft_reproduce_peft_logits() {
     let device = Device::flex();
-    for (name, base, labels) in seqcls_cases() {
-        let mut model = BertForSequenceClassification::from_pretrained(
-            &base,
-            Some(labels),
-            0,
-            &device,
-            DType::F32,
-        )
-        .unwrap();
+    for (name, base, labels, adapted) in seqcls_cases() {
+        let mut model = classifier(&base, labels, 0, &device);
         let loaded = load_adapter(&mut model, &fixtures().join(name)).unwrap();
-        assert_eq!(loaded.adapted.len(), 4, "{name}: q and v of two layers");
+        assert_eq!(
+            loaded.adapted.len(),
+            adapted,
+            "{name}: the layers peft adapted"
+        );
         let batch = seqcls_batch(name);
         let got = model.logits(&batch);
         let err = max_abs_diff(got, seqcls_logits(name, &device));
@@ -389,7 +405,7 @@ fn seq_cls_adapters_saved_by_peft_reproduce_peft_logits() {
 
 /// Move the adapters and the trainable head away from their initial values (a stand-in for
 /// training), each tensor by its own seeded noise.
-fn perturb_classifier(model: &mut BertForSequenceClassification) {
+fn perturb_classifier(model: &mut impl AdapterSlots) {
     perturb_slots(model, 0.1);
     let mut seed = 70;
     model.visit_saved_modules_mut(&mut |_, param| {
@@ -420,17 +436,18 @@ fn perturb_classifier(model: &mut BertForSequenceClassification) {
     });
 }
 
-/// A trained classifier saved as a SEQ_CLS adapter: `lora_*` of every adapted layer, the
-/// head under peft's `modules_to_save` keys, `--task nlu --eval-only` then reproduces it.
+/// A trained classifier saved as a SEQ_CLS adapter: `lora_*` of every adapted layer (peft's
+/// default targets of the family), the head under peft's `modules_to_save` keys,
+/// `--task nlu --eval-only` then reproduces it.
 fn trained_classifier(
     base: &Path,
     labels: usize,
     device: &Device,
-) -> (BertForSequenceClassification, LoraConfig) {
-    let cfg = LoraConfig::new(4, TargetModules::names(["query", "value"])).with_lora_alpha(8.0);
-    let model =
-        BertForSequenceClassification::from_pretrained(base, Some(labels), 1, device, DType::F32)
-            .unwrap();
+) -> (AutoSequenceClassifier, LoraConfig) {
+    let model = classifier(base, labels, 1, device);
+    let targets = model.architecture().peft_default_targets();
+    let cfg =
+        LoraConfig::new(4, TargetModules::names(targets.iter().copied())).with_lora_alpha(8.0);
     let (mut model, _) = inject(model, &cfg).unwrap();
     perturb_classifier(&mut model);
     (model, cfg)
@@ -439,19 +456,25 @@ fn trained_classifier(
 #[test]
 fn classification_adapters_keep_their_trained_head() {
     let device = Device::flex().autodiff();
-    for (name, base, labels) in seqcls_cases() {
+    for (name, base, labels, _) in seqcls_cases() {
         let (model, cfg) = trained_classifier(&base, labels, &device);
         let batch = seqcls_batch(name);
         let want = model.logits(&batch);
+        let deberta = name.starts_with("seqcls_deberta");
         let dir = tempfile::tempdir().unwrap();
         let options = SaveOptions {
             task_type: Some(TaskType::SeqCls),
             ..SaveOptions::default()
         };
         let written = save_adapter(&model, &cfg, dir.path(), &options).unwrap();
+        let saved: &[&str] = if deberta {
+            &["pooler", "classifier"]
+        } else {
+            &["classifier"]
+        };
         assert_eq!(
             written.modules_to_save,
-            Some(vec!["classifier".to_string()])
+            Some(saved.iter().map(|s| s.to_string()).collect())
         );
         let file = SafetensorsFile::open(&dir.path().join("adapter_model.safetensors")).unwrap();
         let head: Vec<String> = file
@@ -459,7 +482,14 @@ fn classification_adapters_keep_their_trained_head() {
             .into_iter()
             .filter(|k| !k.contains(".lora_"))
             .collect();
-        let expected_head: &[&str] = if name == "seqcls_roberta" {
+        let expected_head: &[&str] = if deberta {
+            &[
+                "base_model.model.classifier.bias",
+                "base_model.model.classifier.weight",
+                "base_model.model.pooler.dense.bias",
+                "base_model.model.pooler.dense.weight",
+            ]
+        } else if name == "seqcls_roberta" {
             &[
                 "base_model.model.classifier.dense.bias",
                 "base_model.model.classifier.dense.weight",
@@ -473,26 +503,18 @@ fn classification_adapters_keep_their_trained_head() {
             ]
         };
         assert_eq!(head, expected_head, "{name}");
-        let prefix = if name == "seqcls_roberta" {
-            "roberta"
-        } else {
-            "bert"
+        let query = match name {
+            "seqcls_roberta" => "roberta.encoder.layer.0.attention.self.query",
+            _ if deberta => "deberta.encoder.layer.0.attention.self.query_proj",
+            _ => "bert.encoder.layer.0.attention.self.query",
         };
         assert!(
-            file.names().contains(&format!(
-                "base_model.model.{prefix}.encoder.layer.0.attention.self.query.lora_A.weight"
-            )),
+            file.names()
+                .contains(&format!("base_model.model.{query}.lora_A.weight")),
             "{name}: module paths are transformers' *ForSequenceClassification paths"
         );
         // a fresh model (another head seed) with the adapter loaded gives the trained logits
-        let mut fresh = BertForSequenceClassification::from_pretrained(
-            &base,
-            Some(labels),
-            99,
-            &device,
-            DType::F32,
-        )
-        .unwrap();
+        let mut fresh = classifier(&base, labels, 99, &device);
         load_adapter(&mut fresh, dir.path()).unwrap();
         let err = max_abs_diff(fresh.logits(&batch), want);
         assert!(err == 0.0, "{name}: reloaded classifier differs by {err:e}");
@@ -501,14 +523,7 @@ fn classification_adapters_keep_their_trained_head() {
         if name != "seqcls_bare" {
             continue;
         }
-        let mut other = BertForSequenceClassification::from_pretrained(
-            &base,
-            Some(labels + 1),
-            0,
-            &device,
-            DType::F32,
-        )
-        .unwrap();
+        let mut other = classifier(&base, labels + 1, 0, &device);
         let e = load_adapter(&mut other, dir.path())
             .unwrap_err()
             .to_string();
@@ -585,7 +600,7 @@ fn write_adapters_for_peft() {
         save_adapter(&model, &cfg, &root.join(name), &SaveOptions::default()).unwrap();
     }
     // SEQ_CLS: peft loads them onto AutoModelForSequenceClassification of the recorded base
-    for (name, base, labels) in seqcls_cases() {
+    for (name, base, labels, _) in seqcls_cases() {
         let (model, cfg) = trained_classifier(&base, labels, &device);
         let batch = seqcls_batch(name);
         let b = batch.batch_size();
@@ -650,7 +665,24 @@ fn write_adapters_for_peft() {
         let batch = seqcls_batch("seqcls_bare");
         (batch.clone(), model.logits(&batch).to_data())
     };
-    for (name, (batch, logits)) in [("merged_llama", merged_llama), ("merged_bert", merged_bert)] {
+    let merged_deberta = {
+        let (base, labels) = (fixture("models/tiny-deberta-v3-cls"), 3);
+        let (model, _) = trained_classifier(&base, labels, &device);
+        save_merged(
+            &model,
+            &base,
+            &root.join("merged_deberta"),
+            &MergeOptions::default(),
+        )
+        .unwrap();
+        let batch = seqcls_batch("seqcls_deberta");
+        (batch.clone(), model.logits(&batch).to_data())
+    };
+    for (name, (batch, logits)) in [
+        ("merged_llama", merged_llama),
+        ("merged_bert", merged_bert),
+        ("merged_deberta", merged_deberta),
+    ] {
         let dims = batch.dims;
         let ints = |v: &[u32]| TensorData::new(v.iter().map(|&x| x as i64).collect(), dims);
         expected.insert(format!("{name}.input_ids"), ints(&batch.input_ids));

@@ -14,7 +14,6 @@ use std::time::Instant;
 use balora_adapters::{
     AdapterError, AdapterSlots, InjectionReport, LoraConfig, clear_variants, inject,
 };
-use balora_bert::BertForSequenceClassification;
 use balora_io::{
     ChatTemplate, IoError, MergeOptions, SaveOptions, TaskType, load_adapter, load_tokenizer,
     save_adapter, save_merged,
@@ -35,7 +34,7 @@ use burn::module::Module;
 use burn::tensor::{DType, Device};
 use serde::{Deserialize, Serialize};
 
-use crate::auto::{Architecture, AutoCausalLm};
+use crate::auto::{Architecture, AutoCausalLm, AutoSequenceClassifier};
 use crate::device::{DeviceError, parse_device};
 
 pub use config::{
@@ -243,7 +242,7 @@ impl<'a> Run<'a> {
                 config.task,
                 &format!(
                     "{} is a {:?} checkpoint: nlg needs a decoder (llama, gpt2), nlu an \
-                     encoder (bert, roberta)",
+                     encoder (bert, roberta, deberta-v2)",
                     model_dir.display(),
                     architecture
                 ),
@@ -490,7 +489,7 @@ impl<'a> Run<'a> {
             tokenize_nlu(&train_records, &tokenizer, &labels, max_len, &self.train)?;
         let (eval_examples, _) =
             tokenize_nlu(&eval_records, &tokenizer, &labels, max_len, &self.eval)?;
-        let mut base = BertForSequenceClassification::from_pretrained(
+        let mut base = AutoSequenceClassifier::from_pretrained(
             &self.model_dir,
             Some(labels.len()),
             c.seed,
@@ -504,7 +503,7 @@ impl<'a> Run<'a> {
             base.max_len(),
             &self.eval,
         )?;
-        let evaluate = |model: &BertForSequenceClassification| {
+        let evaluate = |model: &AutoSequenceClassifier| {
             let model = model.valid();
             let (mut predicted, mut gold) = (Vec::new(), Vec::new());
             for chunk in eval_examples.chunks(32) {
@@ -577,12 +576,8 @@ fn response_loss(
 }
 
 /// The merged classifier's `config.json` names its task class and the trained labels.
-fn classifier_config(model: &BertForSequenceClassification, labels: &LabelSet) -> MergeOptions {
-    let class = if model.config().model_type == "bert" {
-        "BertForSequenceClassification"
-    } else {
-        "RobertaForSequenceClassification"
-    };
+fn classifier_config(model: &AutoSequenceClassifier, labels: &LabelSet) -> MergeOptions {
+    let class = model.class_name();
     let names = labels.names().iter().enumerate();
     let id2label: serde_json::Map<_, _> = names
         .clone()

@@ -7,7 +7,7 @@
 use balora_kernels::{LowRank, lora_linear};
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig};
-use burn::tensor::{Tensor, assert_shape};
+use burn::tensor::{DType, Device, Tensor, assert_shape};
 
 use crate::init::{initial_factors, path_seed};
 use crate::monteclora::MonteClora;
@@ -236,6 +236,15 @@ pub struct LoraLinear {
 }
 
 impl LoraLinear {
+    /// A frozen layer of zeros `[out, in]` (with a zero bias `[out]` if `bias`): the shape a
+    /// model declares before its checkpoint's tensors are loaded over it.
+    pub fn zeros(out: usize, inp: usize, bias: bool, device: &Device, dtype: DType) -> Self {
+        Self::new(
+            Tensor::zeros([out, inp], (device, dtype)),
+            bias.then(|| Tensor::zeros([out], (device, dtype))),
+        )
+    }
+
     /// A frozen layer from a weight `[out, in]` and an optional bias `[out]`.
     ///
     /// # Panics

@@ -171,6 +171,18 @@ impl HfCheckpoint {
         &self.shards
     }
 
+    /// Whether any shard holds a tensor whose key starts with `prefix` (a head stored in the
+    /// checkpoint, the encoder attribute its keys carry). Reads the headers only.
+    pub fn has_prefix(&self, prefix: &str) -> Result<bool, IoError> {
+        for shard in &self.shards {
+            let header = crate::tensors::read_header(shard)?;
+            if header.tensors.keys().any(|n| n.starts_with(prefix)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Parse `config.json` into `T`.
     pub fn config<T: DeserializeOwned>(&self) -> Result<T, IoError> {
         crate::fs::read_json(&self.dir.join(MODEL_CONFIG))

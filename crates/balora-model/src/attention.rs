@@ -58,13 +58,42 @@ pub fn scaled_dot_product(
     v: Tensor<4>,
     mask: AttentionMask<'_>,
 ) -> Tensor<4> {
+    masked_attention(q, k, v, mask, None, None)
+}
+
+/// `softmax(q·kᵀ·scale + scores + mask)·v`: attention with a score term of the model's own
+/// (DeBERTa's disentangled position scores, `scores [B, H, T_q, T_k]`) and its own scale.
+pub fn biased_dot_product(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: AttentionMask<'_>,
+    scale: f64,
+    scores: Tensor<4>,
+) -> Tensor<4> {
+    masked_attention(q, k, v, mask, Some(scale), Some(scores))
+}
+
+fn masked_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: AttentionMask<'_>,
+    scale: Option<f64>,
+    scores: Option<Tensor<4>>,
+) -> Tensor<4> {
     let [b, h, tq, _] = q.dims();
     let tk = k.dims()[2];
-    let bias = mask.bias(b, tq, tk, &q).map(|m| m.expand([b, h, tq, tk]));
+    let masked = mask.bias(b, tq, tk, &q).map(|m| m.expand([b, h, tq, tk]));
+    let is_causal = mask.causal && masked.is_none();
+    let bias = match (scores, masked) {
+        (Some(s), Some(m)) => Some(s + m),
+        (s, m) => s.or(m),
+    };
     let options = AttentionModuleOptions {
-        scale: None,
+        scale,
         softcap: None,
-        is_causal: mask.causal && bias.is_none(),
+        is_causal,
     };
     attention(q, k, v, None, bias, options)
 }

@@ -9,6 +9,7 @@
 
 pub mod attention;
 pub mod generation;
+pub mod head;
 mod size;
 
 pub use generation::{GenerationConfig, Sampler};

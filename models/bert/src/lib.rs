@@ -24,8 +24,7 @@ use burn::tensor::{DType, Device};
 pub use config::BertConfig;
 pub use model::{
     BertAttention, BertEmbeddings, BertEncoder, BertForSequenceClassification, BertIntermediate,
-    BertLayer, BertModel, BertPooler, BertSelfAttention, ClassificationHead, Dense, DenseNorm,
-    Pooling,
+    BertLayer, BertModel, BertPooler, BertSelfAttention, ClassificationHead, DenseNorm, Pooling,
 };
 
 impl BertForSequenceClassification {
@@ -67,7 +66,7 @@ impl BertForSequenceClassification {
                 Pooling::Pooler
             },
         };
-        let head_in_file = has_key(&checkpoint, "classifier.")?;
+        let head_in_file = checkpoint.has_prefix("classifier.")?;
         // freeze the encoder; the head stays trainable (peft's modules_to_save)
         model.bert = model.bert.freeze();
         let mut options = LoadOptions::new(dtype)
@@ -95,20 +94,10 @@ fn regex_escape(s: &str) -> String {
     s.replace('.', r"\.")
 }
 
-fn has_key(checkpoint: &HfCheckpoint, prefix: &str) -> Result<bool, ModelError> {
-    for shard in checkpoint.shards() {
-        let f = balora_io::tensors::SafetensorsFile::open(shard)?;
-        if f.names().iter().any(|n| n.starts_with(prefix)) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
 /// `bert.`, `roberta.` or `` — whatever the checkpoint's encoder keys start with.
 fn detect_prefix(checkpoint: &HfCheckpoint) -> Result<String, ModelError> {
     for p in ["bert.", "roberta."] {
-        if has_key(checkpoint, &format!("{p}embeddings."))? {
+        if checkpoint.has_prefix(&format!("{p}embeddings."))? {
             return Ok(p.to_string());
         }
     }

@@ -4,14 +4,12 @@
 
 use balora_adapters::{AdapterSlots, LoraLinear, SavedParam, SavedParamMut};
 use balora_model::attention::{AttentionMask, scaled_dot_product};
+use balora_model::head::{Dense, HeadInit};
 use balora_model::{ModelError, SequenceClassifier, TokenBatch};
-use burn::module::{Module, Param};
+use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig};
 use burn::tensor::activation::gelu;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rand_distr::{Distribution, Normal};
 
 use crate::config::BertConfig;
 
@@ -24,13 +22,6 @@ pub enum Pooling {
     Pooler,
     /// Mean of the real tokens' final hidden states (sentence-transformers).
     Mean,
-}
-
-fn frozen_linear(out: usize, inp: usize, device: &Device, dtype: DType) -> LoraLinear {
-    LoraLinear::new(
-        Tensor::zeros([out, inp], (device, dtype)),
-        Some(Tensor::zeros([out], (device, dtype))),
-    )
 }
 
 /// Token, position and segment embeddings, summed and normalised.
@@ -118,21 +109,6 @@ pub struct BertModel {
     pub pooler: Option<BertPooler>,
 }
 
-/// A dense layer of a classification head (trained fully, not through an adapter).
-#[derive(Module, Debug)]
-pub struct Dense {
-    /// `[out, in]`.
-    pub weight: Param<Tensor<2>>,
-    /// `[out]`.
-    pub bias: Param<Tensor<1>>,
-}
-
-impl Dense {
-    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        burn::tensor::module::linear(x, self.weight.val().transpose(), Some(self.bias.val()))
-    }
-}
-
 /// The classification head, trained fully (peft's `modules_to_save`): BERT's `classifier` on
 /// the pooled output, or RoBERTa's `dense → tanh → out_proj` on `<s>`.
 #[derive(Module, Debug)]
@@ -141,24 +117,6 @@ pub struct ClassificationHead {
     pub dense: Option<Dense>,
     /// The output projection `[C, d]`.
     pub out_proj: Dense,
-}
-
-impl Dense {
-    /// The layer in `dtype`, as fresh leaves that stay trainable if they were.
-    fn cast(self, dtype: DType) -> Self {
-        if self.weight.val().dtype() == dtype {
-            return self;
-        }
-        fn leaf<const D: usize>(p: Param<Tensor<D>>, dtype: DType) -> Param<Tensor<D>> {
-            let trainable = p.is_require_grad();
-            let t = p.val().detach().cast(dtype);
-            Param::from_tensor(if trainable { t.require_grad() } else { t })
-        }
-        Self {
-            weight: leaf(self.weight, dtype),
-            bias: leaf(self.bias, dtype),
-        }
-    }
 }
 
 impl ClassificationHead {
@@ -182,9 +140,7 @@ impl ClassificationHead {
 }
 
 impl ClassificationHead {
-    /// A fresh head, N(0, initializer_range) weights and zero biases as transformers draws
-    /// them, from a host RNG seeded by `seed`: the same head on every backend and in every
-    /// process (the device RNG is process-wide and differs between backends).
+    /// A fresh head ([`HeadInit`]: N(0, initializer_range) weights, zero biases, from `seed`).
     pub(crate) fn fresh(
         config: &BertConfig,
         labels: usize,
@@ -193,30 +149,11 @@ impl ClassificationHead {
         dtype: DType,
     ) -> Result<Self, ModelError> {
         let d = config.hidden_size;
-        let normal = Normal::new(0.0f32, config.initializer_range as f32).map_err(|_| {
-            ModelError::UnsupportedConfig {
-                key: "initializer_range",
-                value: config.initializer_range.to_string(),
-                expected: "a finite non-negative standard deviation",
-            }
-        })?;
-        let mut rng = StdRng::seed_from_u64(seed);
-        // trained in f32 over a half-precision encoder (docs/methods.md)
-        let dtype = balora_adapters::training_dtype(dtype);
-        let mut dense = |out: usize| {
-            let w: Vec<f32> = (0..out * d).map(|_| normal.sample(&mut rng)).collect();
-            Dense {
-                weight: Param::from_tensor(Tensor::from_data(
-                    TensorData::new(w, [out, d]).convert_dtype(dtype),
-                    device,
-                )),
-                bias: Param::from_tensor(Tensor::zeros([out], (device, dtype))),
-            }
-        };
-        let hidden = config.is_roberta().then(|| dense(d));
+        let mut init = HeadInit::new(config.initializer_range, seed, device, dtype)?;
+        let hidden = config.is_roberta().then(|| init.dense(d, d));
         Ok(Self {
             dense: hidden,
-            out_proj: dense(labels),
+            out_proj: init.dense(labels, d),
         })
     }
 }
@@ -271,20 +208,20 @@ impl BertModel {
             .map(|_| BertLayer {
                 attention: BertAttention {
                     self_attention: BertSelfAttention {
-                        query: frozen_linear(d, d, device, dtype),
-                        key: frozen_linear(d, d, device, dtype),
-                        value: frozen_linear(d, d, device, dtype),
+                        query: LoraLinear::zeros(d, d, true, device, dtype),
+                        key: LoraLinear::zeros(d, d, true, device, dtype),
+                        value: LoraLinear::zeros(d, d, true, device, dtype),
                     },
                     output: DenseNorm {
-                        dense: frozen_linear(d, d, device, dtype),
+                        dense: LoraLinear::zeros(d, d, true, device, dtype),
                         layer_norm: norm(),
                     },
                 },
                 intermediate: BertIntermediate {
-                    dense: frozen_linear(config.intermediate_size, d, device, dtype),
+                    dense: LoraLinear::zeros(config.intermediate_size, d, true, device, dtype),
                 },
                 output: DenseNorm {
-                    dense: frozen_linear(d, config.intermediate_size, device, dtype),
+                    dense: LoraLinear::zeros(d, config.intermediate_size, true, device, dtype),
                     layer_norm: norm(),
                 },
             })
@@ -298,7 +235,7 @@ impl BertModel {
             },
             encoder: BertEncoder { layer },
             pooler: pooler.then(|| BertPooler {
-                dense: frozen_linear(d, d, device, dtype),
+                dense: LoraLinear::zeros(d, d, true, device, dtype),
             }),
         }
     }
@@ -449,19 +386,12 @@ impl AdapterSlots for BertForSequenceClassification {
     }
 
     fn visit_saved_modules(&self, f: &mut dyn FnMut(&str, SavedParam<'_>)) {
-        let mut dense = |name: &str, d: &Dense| {
-            f(&format!("{name}.weight"), SavedParam::Matrix(&d.weight));
-            f(&format!("{name}.bias"), SavedParam::Vector(&d.bias));
-        };
+        let mut dense = |name: &str, d: &Dense| d.visit(name, f);
         head!(self, dense);
     }
 
     fn visit_saved_modules_mut(&mut self, f: &mut dyn FnMut(&str, SavedParamMut<'_>)) {
-        let mut dense = |name: &str, d: &mut Dense| {
-            let weight = SavedParamMut::Matrix(&mut d.weight);
-            f(&format!("{name}.weight"), weight);
-            f(&format!("{name}.bias"), SavedParamMut::Vector(&mut d.bias));
-        };
+        let mut dense = |name: &str, d: &mut Dense| d.visit_mut(name, f);
         head!(self, dense, mut);
     }
 
@@ -486,7 +416,7 @@ impl SequenceClassifier for BertForSequenceClassification {
     }
 
     fn num_labels(&self) -> usize {
-        self.classifier.out_proj.bias.shape().dims::<1>()[0]
+        self.classifier.out_proj.outputs()
     }
 
     fn vocab_size(&self) -> usize {

@@ -12,13 +12,6 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::config::Gpt2Config;
 
-fn frozen_linear(out: usize, inp: usize, device: &Device, dtype: DType) -> LoraLinear {
-    LoraLinear::new(
-        Tensor::zeros([out, inp], (device, dtype)),
-        Some(Tensor::zeros([out], (device, dtype))),
-    )
-}
-
 /// Causal self-attention with the fused `c_attn` projection.
 #[derive(Module, Debug)]
 pub struct Gpt2Attention {
@@ -122,14 +115,14 @@ impl Gpt2LmHeadModel {
             .map(|_| Gpt2Block {
                 ln_1: norm(),
                 attn: Gpt2Attention {
-                    c_attn: frozen_linear(3 * d, d, device, dtype),
-                    c_proj: frozen_linear(d, d, device, dtype),
+                    c_attn: LoraLinear::zeros(3 * d, d, true, device, dtype),
+                    c_proj: LoraLinear::zeros(d, d, true, device, dtype),
                     heads: config.n_head,
                 },
                 ln_2: norm(),
                 mlp: Gpt2Mlp {
-                    c_fc: frozen_linear(inner, d, device, dtype),
-                    c_proj: frozen_linear(d, inner, device, dtype),
+                    c_fc: LoraLinear::zeros(inner, d, true, device, dtype),
+                    c_proj: LoraLinear::zeros(d, inner, true, device, dtype),
                 },
             })
             .collect();

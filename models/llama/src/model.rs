@@ -14,13 +14,6 @@ use burn::tensor::{DType, Device, Tensor};
 use crate::config::LlamaConfig;
 use crate::rope::{Rope, apply_rotary};
 
-fn frozen_linear(out: usize, inp: usize, bias: bool, device: &Device, dtype: DType) -> LoraLinear {
-    LoraLinear::new(
-        Tensor::zeros([out, inp], (device, dtype)),
-        bias.then(|| Tensor::zeros([out], (device, dtype))),
-    )
-}
-
 /// Self-attention with grouped key/value heads.
 #[derive(Module, Debug)]
 pub struct Attention {
@@ -191,31 +184,31 @@ impl LlamaForCausalLM {
             .map(|_| DecoderLayer {
                 input_layernorm: norm(),
                 self_attn: Attention {
-                    q_proj: frozen_linear(h * d, hd, config.qkv_bias(), device, dtype),
-                    k_proj: frozen_linear(kvh * d, hd, config.qkv_bias(), device, dtype),
-                    v_proj: frozen_linear(kvh * d, hd, config.qkv_bias(), device, dtype),
-                    o_proj: frozen_linear(hd, h * d, config.o_bias(), device, dtype),
+                    q_proj: LoraLinear::zeros(h * d, hd, config.qkv_bias(), device, dtype),
+                    k_proj: LoraLinear::zeros(kvh * d, hd, config.qkv_bias(), device, dtype),
+                    v_proj: LoraLinear::zeros(kvh * d, hd, config.qkv_bias(), device, dtype),
+                    o_proj: LoraLinear::zeros(hd, h * d, config.o_bias(), device, dtype),
                     heads: h,
                     kv_heads: kvh,
                     head_dim: d,
                 },
                 post_attention_layernorm: norm(),
                 mlp: Mlp {
-                    gate_proj: frozen_linear(
+                    gate_proj: LoraLinear::zeros(
                         config.intermediate_size,
                         hd,
                         config.mlp_bias,
                         device,
                         dtype,
                     ),
-                    up_proj: frozen_linear(
+                    up_proj: LoraLinear::zeros(
                         config.intermediate_size,
                         hd,
                         config.mlp_bias,
                         device,
                         dtype,
                     ),
-                    down_proj: frozen_linear(
+                    down_proj: LoraLinear::zeros(
                         hd,
                         config.intermediate_size,
                         config.mlp_bias,
@@ -229,8 +222,8 @@ impl LlamaForCausalLM {
         let embed_tokens = EmbeddingConfig::new(config.vocab_size, hd)
             .with_initializer(Initializer::Zeros)
             .init(device);
-        let lm_head =
-            (!config.tied()).then(|| frozen_linear(config.vocab_size, hd, false, device, dtype));
+        let lm_head = (!config.tied())
+            .then(|| LoraLinear::zeros(config.vocab_size, hd, false, device, dtype));
         Self {
             model: LlamaModel {
                 embed_tokens,
