@@ -232,6 +232,8 @@ impl CausalLm for AutoCausalLm {
 }
 
 /// A sequence classifier of any supported encoder family, loaded by `model_type`.
+// Built once and moved a few times, as `AutoCausalLm`: no Box in every module path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum AutoSequenceClassifier {
     /// BERT, RoBERTa, MiniLM.
