@@ -73,6 +73,22 @@ impl Dense {
     }
 }
 
+/// The number of labels a classifier is built with: `requested`, else the checkpoint's
+/// `id2label` count, else 2 (transformers' default); zero is refused.
+pub fn label_count(
+    requested: Option<usize>,
+    id2label: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<usize, ModelError> {
+    match requested.or(id2label.map(|m| m.len())).unwrap_or(2) {
+        0 => Err(ModelError::UnsupportedConfig {
+            key: "num_labels",
+            value: "0".into(),
+            expected: "at least one label (a non-empty id2label)",
+        }),
+        n => Ok(n),
+    }
+}
+
 /// Fresh head layers as transformers initialises a `Linear` — N(0, `initializer_range`)
 /// weights, zero biases — from a host RNG seeded by the run's seed: the same head on every
 /// backend and in every process (the device RNG is process-wide and differs between

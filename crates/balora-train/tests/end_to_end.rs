@@ -379,6 +379,17 @@ fn a_second_run_on_the_same_output_folder_is_refused() {
     assert!(make().is_ok(), "a stale lock must not block a resume");
 }
 
+/// 24 short sequences of three classes, told apart by their first tokens.
+fn three_class_examples() -> Vec<Example> {
+    (0..24u32)
+        .map(|i| Example {
+            ids: vec![3 + i % 5, 20 + (i % 3) * 7, 9, 40 + (i % 2) * 30],
+            labels: vec![(i % 3) as i64],
+            token_types: None,
+        })
+        .collect()
+}
+
 #[test]
 fn classification_trains_with_balora() {
     let _turn = exclusive();
@@ -393,13 +404,7 @@ fn classification_trains_with_balora() {
     .unwrap();
     let cfg = LoraConfig::new(4, TargetModules::names(["query", "value"])).with_lora_alpha(8.0);
     let (model, _) = inject(model, &cfg).unwrap();
-    let examples: Vec<Example> = (0..24u32)
-        .map(|i| Example {
-            ids: vec![3 + i % 5, 20 + (i % 3) * 7, 9, 40 + (i % 2) * 30],
-            labels: vec![(i % 3) as i64],
-            token_types: None,
-        })
-        .collect();
+    let examples = three_class_examples();
     let balora = Some(BaLoraLoss::new(RegularizerConfig::paper(Task::Nlu), 20).unwrap());
     let lc = LoopConfig {
         lr: 1e-2,
@@ -439,13 +444,7 @@ fn balora_learns_on_tiny_deberta_and_its_adapter_loads_back() {
     .with_lora_alpha(8.0)
     .with_init(InitMode::Pissa);
     let (model, _) = inject(load(7), &cfg).unwrap();
-    let examples: Vec<Example> = (0..24u32)
-        .map(|i| Example {
-            ids: vec![3 + i % 5, 20 + (i % 3) * 7, 9, 40 + (i % 2) * 30],
-            labels: vec![(i % 3) as i64],
-            token_types: None,
-        })
-        .collect();
+    let examples = three_class_examples();
     let balora = Some(BaLoraLoss::new(RegularizerConfig::paper(Task::Nlu), 20).unwrap());
     let lc = LoopConfig {
         lr: 1e-2,

@@ -42,16 +42,7 @@ impl BertForSequenceClassification {
     ) -> Result<Self, ModelError> {
         let checkpoint = HfCheckpoint::open(dir)?;
         let config: BertConfig = balora_model::load_config(&checkpoint, dtype)?;
-        let labels = num_labels
-            .or(config.id2label.as_ref().map(|m| m.len()))
-            .unwrap_or(2);
-        if labels == 0 {
-            return Err(ModelError::UnsupportedConfig {
-                key: "num_labels",
-                value: "0".into(),
-                expected: "at least one label (a non-empty id2label)",
-            });
-        }
+        let labels = balora_model::head::label_count(num_labels, config.id2label.as_ref())?;
         let prefix = detect_prefix(&checkpoint)?;
         let roberta = config.is_roberta();
         let pooler = !roberta;

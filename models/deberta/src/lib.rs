@@ -53,16 +53,7 @@ impl DebertaV2ForSequenceClassification {
     ) -> Result<Self, ModelError> {
         let checkpoint = HfCheckpoint::open(dir)?;
         let config: DebertaV2Config = balora_model::load_config(&checkpoint, dtype)?;
-        let labels = num_labels
-            .or(config.id2label.as_ref().map(|m| m.len()))
-            .unwrap_or(2);
-        if labels == 0 {
-            return Err(ModelError::UnsupportedConfig {
-                key: "num_labels",
-                value: "0".into(),
-                expected: "at least one label (a non-empty id2label)",
-            });
-        }
+        let labels = balora_model::head::label_count(num_labels, config.id2label.as_ref())?;
         let mut model = Self::init(&config, labels, seed, device, dtype)?;
         model.deberta = model.deberta.freeze();
         let mut options = LoadOptions::new(dtype)
