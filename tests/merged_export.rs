@@ -159,3 +159,46 @@ fn merged_classifier_keeps_its_head_and_the_original_dtype() {
     let err = max_abs_diff(merged.logits(&batch()), want);
     assert!(err < 5e-2, "merged classifier differs by {err:e}");
 }
+
+/// A DeBERTa-v3 classifier whose checkpoint lacks the head (as pretrained DeBERTa ships):
+/// the merged export carries the trained pooler and classifier, and reloads (another head
+/// seed) to the adapted logits.
+#[test]
+fn merged_deberta_carries_its_pooler_and_classifier() {
+    use balora::models::deberta::DebertaV2ForSequenceClassification;
+    let device = Device::flex();
+    let base = fixture("models/tiny-deberta-v3-cls");
+    let src = tempfile::tempdir().unwrap();
+    let f = SafetensorsFile::open(&base.join("model.safetensors")).unwrap();
+    let tensors: std::collections::BTreeMap<String, TensorData> = f
+        .names()
+        .into_iter()
+        .filter(|k| k.starts_with("deberta."))
+        .map(|k| {
+            let d = f.data(&k).unwrap();
+            (k, d)
+        })
+        .collect();
+    balora::io::tensors::write_safetensors(&src.path().join("model.safetensors"), &tensors)
+        .unwrap();
+    std::fs::copy(base.join("config.json"), src.path().join("config.json")).unwrap();
+    let load = |dir: &std::path::Path, seed| {
+        DebertaV2ForSequenceClassification::from_pretrained(dir, Some(3), seed, &device, DType::F32)
+            .unwrap()
+    };
+    let targets = ["query_proj", "value_proj", "dense"];
+    let (mut model, _) = inject(load(src.path(), 3), &cfg(&targets, InitMode::Pissa)).unwrap();
+    perturb_slots(&mut model, 0.2);
+    let want = model.logits(&batch());
+    let out = tempfile::tempdir().unwrap();
+    save_merged(&model, src.path(), out.path(), &MergeOptions::default()).unwrap();
+    let names = SafetensorsFile::open(&out.path().join("model.safetensors"))
+        .unwrap()
+        .names();
+    for key in ["pooler.dense.weight", "classifier.bias"] {
+        assert!(names.contains(&key.to_string()), "{key}: {names:?}");
+    }
+    let merged = load(out.path(), 77);
+    let err = max_abs_diff(merged.logits(&batch()), want);
+    assert!(err < 1e-5, "merged DeBERTa differs by {err:e}");
+}
