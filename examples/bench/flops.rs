@@ -12,6 +12,8 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+use crate::job::BenchMethod;
+
 /// FLOPs of one forward over `batch × seq` tokens.
 pub fn forward_flops(model_dir: &Path, batch: usize, seq: usize) -> Result<f64> {
     let path = model_dir.join("config.json");
@@ -61,10 +63,6 @@ pub fn forward_flops(model_dir: &Path, batch: usize, seq: usize) -> Result<f64> 
 }
 
 /// Forwards' worth of work in one step of `method` (see the module docs).
-pub fn step_forwards(method: &str) -> f64 {
-    if method.starts_with("balora") {
-        3.0
-    } else {
-        2.0
-    }
+pub fn step_forwards(method: BenchMethod) -> f64 {
+    if method.has_teacher() { 3.0 } else { 2.0 }
 }

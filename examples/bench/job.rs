@@ -5,17 +5,55 @@
 
 use std::path::PathBuf;
 
+use balora::losses::{LossError, Preset, Task};
+use balora::train::{Method, MethodName};
 use serde::{Deserialize, Serialize};
 
-/// Methods of the training-step table (the same names on both sides).
-pub const METHODS: [&str; 6] = [
-    "lora",
-    "lora-all",
-    "pissa",
-    "balora-paper",
-    "balora-iclr2026",
-    "monteclora",
-];
+/// The rows of the training-step table, under the same names on both sides (the reference
+/// reads them from the job's JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum BenchMethod {
+    /// LoRA on q and v.
+    Lora,
+    /// LoRA on every linear layer.
+    LoraAll,
+    /// PiSSA (randomized SVD, 4 power iterations) on q and v.
+    Pissa,
+    /// BA-LoRA, `paper` preset.
+    BaloraPaper,
+    /// BA-LoRA, `iclr2026` preset.
+    BaloraIclr2026,
+    /// MonteCLoRA on q and v.
+    Monteclora,
+}
+
+impl BenchMethod {
+    /// The library's method and whether it adapts every linear layer (else q, v).
+    pub fn setup(self) -> Result<(Method, bool), LossError> {
+        let method = |name, preset| Method::new(name, Task::Nlg, 4, preset);
+        Ok(match self {
+            Self::Lora => (Method::Lora, false),
+            Self::LoraAll => (Method::Lora, true),
+            Self::Pissa => (method(MethodName::Pissa, Preset::Paper)?, false),
+            Self::BaloraPaper => (method(MethodName::Balora, Preset::Paper)?, false),
+            Self::BaloraIclr2026 => (method(MethodName::Balora, Preset::Iclr2026)?, false),
+            Self::Monteclora => (method(MethodName::Monteclora, Preset::Paper)?, false),
+        })
+    }
+
+    /// Whether a step also runs the teacher's forward (for the FLOP count).
+    pub fn has_teacher(self) -> bool {
+        matches!(self, Self::BaloraPaper | Self::BaloraIclr2026)
+    }
+}
+
+impl std::fmt::Display for BenchMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let value = clap::ValueEnum::to_possible_value(self).expect("no variant is skipped");
+        f.write_str(value.get_name())
+    }
+}
 
 /// A benchmark job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -24,7 +62,7 @@ pub enum Job {
     /// `warmup + steps` optimizer steps of `method` on a fixed batch of `batch × seq` tokens.
     Train {
         model_dir: PathBuf,
-        method: String,
+        method: BenchMethod,
         steps: usize,
         warmup: usize,
         batch: usize,

@@ -5,14 +5,15 @@
 //! cargo run --release --example bench -- --models gpt2-small --methods lora,balora-paper
 //! cargo run --release --example bench -- --no-reference      # balora only
 //! cargo run --example bench -- --smoke                       # 1 step on tiny models (CI)
-//! cargo run --release --example bench -- --render bench/results/<date>.json  # table + chart again
+//! cargo run --release --example bench -- --render bench/results/<date>-<vendor>.json  # again
 //! ```
 //!
 //! Every job (a method's training steps, a PiSSA initialisation, the GEMM ceiling) runs in its
 //! own process on each side, back to back, with the same threads, dtype (f32), seed, weights
 //! and tokens: ours is this binary with `--worker`, the reference is
 //! `bench/reference/bench.py` (pinned in `bench/reference/requirements.txt`). The table of
-//! medians and ratios is printed and written with a PNG chart to `bench/results/<date>.*`.
+//! medians and ratios is printed and written with a PNG chart to
+//! `bench/results/<date>-<vendor>.*`.
 //! How to read it: `docs/performance.md`.
 
 #[path = "../common/assets.rs"]
@@ -30,7 +31,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use job::{Job, METHODS, Outcome, median};
+use job::{BenchMethod, Job, Outcome, median};
 use report::{GemmRow, InitRow, Results, Side, TrainRow};
 
 #[derive(Parser, Debug)]
@@ -46,7 +47,7 @@ struct Cli {
         default_value = "lora,lora-all,pissa,balora-paper,balora-iclr2026,monteclora",
         value_delimiter = ','
     )]
-    methods: Vec<String>,
+    methods: Vec<BenchMethod>,
     /// Measured steps per method (after the warm-up).
     #[arg(long, default_value_t = 10)]
     steps: usize,
@@ -83,7 +84,7 @@ struct Cli {
     /// One step of every method on the tiny test models (so the command cannot rot in CI).
     #[arg(long)]
     smoke: bool,
-    /// Where `<date>.json` and `<date>.png` go.
+    /// Where `<date>-<vendor>.json` and `.png` go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
     /// Print the table of a results file (`bench/results/<date>.json`), redraw its PNG beside
@@ -114,14 +115,6 @@ fn main() -> Result<()> {
         println!("{}", results.table());
         results.plot(&path.with_extension("png"))?;
         return Ok(());
-    }
-    for m in &cli.methods {
-        if !METHODS.contains(&m.as_str()) {
-            bail!(
-                "unknown method {m:?}: expected some of {}",
-                METHODS.join(",")
-            );
-        }
     }
     if cli.smoke {
         cli.models = vec!["tiny-llama".into(), "tiny-gpt2".into()];
@@ -176,7 +169,7 @@ fn main() -> Result<()> {
         for method in &cli.methods {
             let job = Job::Train {
                 model_dir: dir.clone(),
-                method: method.clone(),
+                method: *method,
                 steps: cli.steps,
                 warmup: cli.warmup,
                 batch: cli.batch,
@@ -262,11 +255,11 @@ fn main() -> Result<()> {
                 ..
             } => {
                 let flops =
-                    flops::forward_flops(model_dir, *batch, *seq)? * flops::step_forwards(method);
+                    flops::forward_flops(model_dir, *batch, *seq)? * flops::step_forwards(*method);
                 let tokens = batch * seq;
                 results.train.push(TrainRow {
                     model: name.clone(),
-                    method: method.clone(),
+                    method: method.to_string(),
                     ours: Side::of(ours, tokens, flops, gemm_rate.0),
                     reference: theirs
                         .as_ref()
@@ -277,14 +270,14 @@ fn main() -> Result<()> {
     }
     results.check_goals();
     println!("{}", results.table());
-    results.write(&cli.out)?;
-    println!("wrote {}/{}.json and .png", cli.out.display(), results.date);
+    let json = results.write(&cli.out)?;
+    println!("wrote {} and its .png", json.display());
     Ok(())
 }
 
 fn describe(job: &Job) -> String {
     match job {
-        Job::Train { method, .. } => method.clone(),
+        Job::Train { method, .. } => method.to_string(),
         Job::Gemm { .. } => "GEMM".into(),
         Job::PissaInit { niter: 0, .. } => "PiSSA init (full SVD)".into(),
         Job::PissaInit { niter, .. } => format!("PiSSA init (niter {niter})"),

@@ -2,7 +2,7 @@
 //! from the same run, the printed table, `bench/results/<date>.json` and a PNG bar chart.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use plotters::prelude::*;
@@ -273,13 +273,27 @@ impl Results {
     }
 
     /// Write `<dir>/<date>.json` and `<dir>/<date>.png`.
-    pub fn write(&self, dir: &Path) -> Result<()> {
+    /// `<date>-<vendor>.json` and `.png` in `dir` (results are kept per CPU vendor: a ratio
+    /// measured on one vendor's machines says nothing of the other's); the JSON's path.
+    pub fn write(&self, dir: &Path) -> Result<PathBuf> {
         std::fs::create_dir_all(dir)?;
-        balora::io::fs::atomic_write(
-            &dir.join(format!("{}.json", self.date)),
-            serde_json::to_string_pretty(self)?.as_bytes(),
-        )?;
-        self.plot(&dir.join(format!("{}.png", self.date)))
+        let stem = format!("{}-{}", self.date, self.vendor());
+        let json = dir.join(format!("{stem}.json"));
+        balora::io::fs::atomic_write(&json, serde_json::to_string_pretty(self)?.as_bytes())?;
+        self.plot(&dir.join(format!("{stem}.png")))?;
+        Ok(json)
+    }
+
+    /// `amd`, `intel` or `cpu`, from the machine's model name.
+    fn vendor(&self) -> &'static str {
+        let machine = self.machine.to_lowercase();
+        if machine.contains("amd") {
+            "amd"
+        } else if machine.contains("intel") {
+            "intel"
+        } else {
+            "cpu"
+        }
     }
 
     /// Tokens/s per method, balora next to PEFT, one panel per model.

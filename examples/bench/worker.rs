@@ -3,19 +3,18 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use balora::adapters::{AdapterSlots, LoraConfig, TargetModules, inject};
 use balora::auto::{Architecture, AutoCausalLm};
 use balora::burn::module::Module;
 use balora::burn::tensor::{DType, Device, Distribution, Tensor};
-use balora::losses::Task;
 use balora::model::CausalLm;
-use balora::train::data::Example;
+use balora::train::data::{Example, check_examples};
 use balora::train::metrics::{StepMetrics, StepTiming, peak_rss_mb, read_metrics};
 use balora::train::schedule::LrSchedule;
 use balora::train::{LoopConfig, Method, NlgObjective, TorchAdamWConfig, Trainer};
 
-use crate::job::{Job, Outcome, token};
+use crate::job::{BenchMethod, Job, Outcome, token};
 
 /// peft's targets for "q,v" (GPT-2 fuses q, k, v in `c_attn`), or every linear layer.
 fn targets(arch: Architecture, all: bool) -> &'static [&'static str] {
@@ -34,7 +33,7 @@ pub fn run(job: &Job, device: &Device) -> Result<Outcome> {
         } => train_job(
             AutoCausalLm::from_pretrained(model_dir, device, DType::F32)?,
             job,
-            method,
+            *method,
             device,
         )?,
         Job::Gemm {
@@ -78,26 +77,15 @@ fn time_inject<M: Module + AdapterSlots>(model: M, cfg: &LoraConfig) -> Result<f
     Ok(seconds)
 }
 
-/// The method of each benchmarked name and whether it adapts every linear layer (else q, v).
-fn method_setup(name: &str) -> Result<(Method, bool)> {
-    let method = |name, preset| Method::from_name(name, Task::Nlg, 4, preset);
-    Ok(match name {
-        "lora" => (Method::Lora, false),
-        "lora-all" => (Method::Lora, true),
-        "pissa" => (method("pissa", "paper")?, false),
-        "balora-paper" => (method("balora", "paper")?, false),
-        "balora-iclr2026" => (method("balora", "iclr2026")?, false),
-        "monteclora" => (method("monteclora", "paper")?, false),
-        other => bail!(
-            "unknown method {other:?}: expected one of {:?}",
-            crate::job::METHODS
-        ),
-    })
-}
-
-fn train_job(model: AutoCausalLm, job: &Job, method: &str, device: &Device) -> Result<Outcome> {
+fn train_job(
+    model: AutoCausalLm,
+    job: &Job,
+    method: BenchMethod,
+    device: &Device,
+) -> Result<Outcome> {
     let vocab = model.vocab_size();
     let Job::Train {
+        ref model_dir,
         steps,
         warmup,
         batch,
@@ -110,7 +98,7 @@ fn train_job(model: AutoCausalLm, job: &Job, method: &str, device: &Device) -> R
         unreachable!("train_job gets a Train job")
     };
     let total = warmup + steps;
-    let (method, all) = method_setup(method)?;
+    let (method, all) = method.setup()?;
     let cfg = method.adapter_config(lora(rank, targets(model.architecture(), all)));
     let balora = method.regularizer(total)?;
     let (model, report) = inject(model, &cfg)?;
@@ -124,6 +112,8 @@ fn train_job(model: AutoCausalLm, job: &Job, method: &str, device: &Device) -> R
             }
         })
         .collect();
+    // refused with the model's limit named (e.g. `--seq` beyond its positions), not a panic
+    check_examples(&examples, vocab, model.max_len(), model_dir)?;
     let config = LoopConfig {
         lr: 1e-4,
         schedule: LrSchedule::Constant,

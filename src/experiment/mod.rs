@@ -8,6 +8,7 @@
 //! best case. The final runs then train on the rest of the training data with each seed and
 //! are scored on every evaluation set.
 
+#[cfg(feature = "plot")]
 mod plot;
 mod stats;
 
@@ -23,7 +24,6 @@ use serde::{Deserialize, Serialize};
 use crate::finetune::{FinetuneConfig, FinetuneError, FinetuneReport, MethodName, SUMMARY, Scores};
 use balora_io::IoError;
 use balora_io::fs::{read_json, write_json};
-use balora_train::metrics::read_metrics;
 
 pub use stats::Summary;
 
@@ -129,18 +129,19 @@ pub enum ExperimentError {
         /// What is wrong.
         reason: String,
     },
-    /// A run failed.
+    /// One run of the grid failed; the grid stops, and a rerun resumes from the runs
+    /// already written.
     #[error("run {dir}: {source}")]
     Run {
         /// The run's folder.
         dir: PathBuf,
-        /// Why.
+        /// The run's own error.
         source: Box<FinetuneError>,
     },
-    /// Files.
+    /// Writing `summary.json`, `summary.md` or a cached evaluation.
     #[error(transparent)]
     Io(#[from] IoError),
-    /// The plot.
+    /// Drawing `scores.png` or `curves.png`, or reading a run's metrics for them.
     #[error(transparent)]
     Plot(#[from] balora_train::TrainError),
 }
@@ -391,7 +392,7 @@ impl<'a> Experiment<'a> {
     }
 
     /// Run the whole grid (skipping finished runs) and write `summary.json`, `summary.md`,
-    /// `scores.png` and `curves.png` under the output folder.
+    /// `scores.png` and `curves.png` under the output folder (with the `plot` feature).
     pub fn run(mut self) -> Result<ExperimentReport, ExperimentError> {
         let c = self.config;
         c.check()?;
@@ -428,12 +429,18 @@ impl<'a> Experiment<'a> {
         // 2. every seed at the chosen rate, scored on every evaluation set
         let (first_name, first_set) = c.eval_sets.iter().next().expect("checked");
         let mut scores: BTreeMap<String, BTreeMap<String, Vec<Scores>>> = BTreeMap::new();
+        #[cfg(feature = "plot")]
         let mut curves = Vec::new();
         for spec in c.final_runs(&chosen) {
             let report = self.one(&spec, c.run_config(&spec, &train, first_set))?;
-            let metrics = spec.dir.join("metrics.jsonl");
-            if metrics.is_file() {
-                curves.push((spec.method.as_str().to_string(), read_metrics(&metrics)?));
+            #[cfg(feature = "plot")]
+            {
+                let metrics = spec.dir.join("metrics.jsonl");
+                if metrics.is_file() {
+                    let steps: Vec<balora_train::metrics::StepMetrics> =
+                        balora_train::metrics::read_metrics(&metrics)?;
+                    curves.push((spec.method.as_str().to_string(), steps));
+                }
             }
             let by_set = scores.entry(spec.method.as_str().into()).or_default();
             by_set
@@ -465,8 +472,11 @@ impl<'a> Experiment<'a> {
         };
         write_json(&c.output.join("summary.json"), &report)?;
         balora_io::fs::atomic_write(&c.output.join("summary.md"), report.markdown().as_bytes())?;
-        plot::bars(&report, &c.output.join("scores.png"))?;
-        plot::curves(&c.name, &curves, &c.output.join("curves.png"))?;
+        #[cfg(feature = "plot")]
+        {
+            plot::bars(&report, &c.output.join("scores.png"))?;
+            plot::curves(&c.name, &curves, &c.output.join("curves.png"))?;
+        }
         Ok(report)
     }
 }
@@ -721,7 +731,9 @@ mod tests {
         let read = ExperimentReport::read(&c.output.join("summary.json")).unwrap();
         let json = |r: &ExperimentReport| serde_json::to_value(r).unwrap();
         assert!(close(&json(&read), &json(&report)), "{read:?}\n{report:?}");
-        assert!(c.output.join("scores.png").is_file() && c.output.join("curves.png").is_file());
+        let plotted =
+            c.output.join("scores.png").is_file() && c.output.join("curves.png").is_file();
+        assert_eq!(plotted, cfg!(feature = "plot"));
         let md = std::fs::read_to_string(c.output.join("summary.md")).unwrap();
         assert!(
             md.contains("| lora | 1e-3 |") && md.contains("acc 82.00 ± 1.00"),

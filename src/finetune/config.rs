@@ -7,6 +7,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use balora_losses::Preset;
+pub use balora_train::MethodName;
+
 /// Declares a closed set of lowercase names: serde (TOML, JSON), [`FromStr`] and, with the
 /// `cli` feature, `clap::ValueEnum` (command lines, `--help` lists them) read them, and an
 /// unknown name is refused with the list of choices.
@@ -66,30 +69,6 @@ choices! {
         Nlg = "nlg",
         /// Sequence classification (a trained head; accuracy, macro-F1, MCC).
         Nlu = "nlu",
-    }
-}
-
-choices! {
-    /// The method (see [`balora_train::Method`]).
-    MethodName {
-        /// LoRA.
-        Lora = "lora",
-        /// PiSSA.
-        Pissa = "pissa",
-        /// BA-LoRA.
-        Balora = "balora",
-        /// MonteCLoRA.
-        Monteclora = "monteclora",
-    }
-}
-
-choices! {
-    /// BA-LoRA's preset (docs/methods.md, "Presets").
-    Preset {
-        /// The paper's λs and forms (the default).
-        Paper = "paper",
-        /// The ICLR 2026 code's recipe (NLG only).
-        Iclr2026 = "iclr2026",
     }
 }
 

@@ -55,29 +55,31 @@ pub enum FinetuneError {
     /// A setting no run can use.
     #[error("invalid setting {key} = {value}: {reason}")]
     Setting {
-        /// The setting.
+        /// The setting's name, as in the TOML file and on the command line.
         key: &'static str,
-        /// Its value.
+        /// The value it was given.
         value: String,
-        /// Why.
+        /// What it must be instead.
         reason: String,
     },
-    /// The device.
+    /// The `device` setting names no device this build can open.
     #[error(transparent)]
     Device(#[from] DeviceError),
-    /// Loading or running the model.
+    /// The checkpoint does not load (a missing or mis-shaped tensor, an unsupported
+    /// `config.json`) or the model cannot run the batch.
     #[error(transparent)]
     Model(#[from] ModelError),
-    /// Files.
+    /// Reading the tokenizer or an adapter, or writing the run's files.
     #[error(transparent)]
     Io(#[from] IoError),
-    /// Data, the loop, checkpoints.
+    /// The data files, the loop (a non-finite loss) or a checkpoint to resume from.
     #[error(transparent)]
     Train(#[from] TrainError),
-    /// The adapter config.
+    /// The adapter settings (rank, targets matching no layer, PiSSA on a layer it cannot
+    /// decompose).
     #[error(transparent)]
     Adapter(#[from] AdapterError),
-    /// The regularisers.
+    /// The regularisers' settings (a preset the task does not define, a λ out of range).
     #[error(transparent)]
     Loss(#[from] LossError),
 }
@@ -599,6 +601,16 @@ fn classifier_config(model: &AutoSequenceClassifier, labels: &LabelSet) -> Merge
 mod tests {
     use super::*;
 
+    /// `--eval-only` with the adapter a run of `config` saved under `dir/run`.
+    fn evaluate_saved_adapter(config: FinetuneConfig, dir: &Path) -> FinetuneReport {
+        let config = FinetuneConfig {
+            eval_only: Some(dir.join("run/adapter")),
+            output: Some(dir.join("eval")),
+            ..config
+        };
+        finetune(&config, &mut |_| {}).unwrap()
+    }
+
     fn refused(config: FinetuneConfig) -> String {
         let e = finetune(&config, &mut |_| {}).expect_err("the setting must be refused");
         e.to_string()
@@ -627,17 +639,137 @@ mod tests {
         assert!(report.eval_before.is_some() && report.final_loss.is_some());
         let read = FinetuneReport::read(&dir.path().join("run").join(SUMMARY)).unwrap();
         assert_eq!(read, report);
-        let evaluated = finetune(
-            &FinetuneConfig {
-                eval_only: Some(dir.path().join("run/adapter")),
-                output: Some(dir.path().join("eval")),
-                ..config
-            },
-            &mut |_| {},
-        )
-        .unwrap();
+        let evaluated = evaluate_saved_adapter(config, dir.path());
         assert_eq!(evaluated.eval_after, report.eval_after);
         assert_eq!(evaluated.eval_before, None);
+    }
+
+    /// A tiny test checkpoint (`tests/fixtures/models/<fixture>`) beside a word-level tokenizer
+    /// (words outside its vocabulary become `[UNK]`; `<eos>` is id 1, where config.json's eos
+    /// moves).
+    fn tiny_with_a_tokenizer(dir: &Path, fixture: &str) -> PathBuf {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/models")
+            .join(fixture);
+        let model = dir.join(fixture);
+        std::fs::create_dir(&model).unwrap();
+        std::fs::copy(
+            src.join("model.safetensors"),
+            model.join("model.safetensors"),
+        )
+        .unwrap();
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+        config["eos_token_id"] = 1.into();
+        config["bos_token_id"] = 1.into();
+        std::fs::write(model.join("config.json"), config.to_string()).unwrap();
+        let words = [
+            "[UNK]", "<eos>", "what", "is", "two", "plus", "three", "?", "the", "answer",
+        ];
+        let digits = (0..10).map(|d| d.to_string());
+        let vocab: serde_json::Map<_, _> = words
+            .iter()
+            .map(|w| w.to_string())
+            .chain(digits)
+            .enumerate()
+            .map(|(i, w)| (w, i.into()))
+            .collect();
+        let tokenizer = serde_json::json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": [{"id": 1, "content": "<eos>", "single_word": false, "lstrip": false,
+                              "rstrip": false, "normalized": false, "special": true}],
+            "normalizer": {"type": "Lowercase"},
+            "pre_tokenizer": {"type": "Whitespace"},
+            "post_processor": null,
+            "decoder": null,
+            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
+        });
+        std::fs::write(model.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+        model
+    }
+
+    /// GPT-2 (fused `c_attn`, Conv1D weights, tied head) and Gemma (GeGLU, `(1 + w)` RMSNorm)
+    /// fine-tune through the same entry point as Llama, chosen by config.json: BA-LoRA on
+    /// peft's default targets lowers the held-out response loss, and the saved adapter alone
+    /// scores what the run reported.
+    #[test]
+    fn gpt2_and_gemma_fine_tune_and_their_adapters_score_the_same() {
+        for fixture in ["tiny-gpt2", "tiny-gemma"] {
+            let dir = tempfile::tempdir().unwrap();
+            let model = tiny_with_a_tokenizer(dir.path(), fixture);
+            let data = dir.path().join("train.jsonl");
+            let row = r#"{"query": "what is two plus three ?", "response": "the answer is 5", "answer": "5"}"#;
+            std::fs::write(&data, format!("{row}\n").repeat(8)).unwrap();
+            let config = FinetuneConfig {
+                model: Some(model),
+                train: Some(data.clone()),
+                eval: Some(data),
+                max_steps: Some(12),
+                lr: Some(1e-2),
+                eval_limit: Some(2),
+                output: Some(dir.path().join("run")),
+                ..FinetuneConfig::default()
+            };
+            let report = finetune(&config, &mut |_| {}).unwrap();
+            assert_eq!((report.method, report.steps), (MethodName::Balora, 12));
+            assert!(report.adapted_layers > 0, "{fixture}");
+            let loss = |s: &Scores| s.response_loss.unwrap();
+            let before = loss(report.eval_before.as_ref().unwrap());
+            let after = loss(&report.eval_after);
+            assert!(
+                after < before,
+                "{fixture}: held-out response loss {before} → {after}"
+            );
+            let evaluated = evaluate_saved_adapter(config, dir.path());
+            // the file holds PiSSA converted to plain LoRA on the original base
+            // (docs/methods.md, "PiSSA conversion on save"): equal in exact arithmetic,
+            // within f32 rounding here
+            assert_eq!(evaluated.eval_after.accuracy, report.eval_after.accuracy);
+            let reloaded = loss(&evaluated.eval_after);
+            assert!(
+                (reloaded - after).abs() < 1e-5 * after,
+                "{fixture}: {reloaded} vs {after}"
+            );
+        }
+    }
+
+    /// DeBERTa-v3 is chosen by config.json for classification: BA-LoRA (NLU terms, teacher
+    /// included) with the pooler and classifier trained learns three one-word classes, and
+    /// the saved adapter (head included) scores what the run reported.
+    #[test]
+    fn deberta_fine_tunes_for_classification_and_its_adapter_scores_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = tiny_with_a_tokenizer(dir.path(), "tiny-deberta-v3-cls");
+        let data = dir.path().join("train.jsonl");
+        let rows: String = [("two", "a"), ("three", "b"), ("plus", "c")]
+            .iter()
+            .map(|(text, label)| format!("{{\"text\": \"{text} ?\", \"label\": \"{label}\"}}\n"))
+            .collect::<String>()
+            .repeat(4);
+        std::fs::write(&data, rows).unwrap();
+        let config = FinetuneConfig {
+            task: TaskKind::Nlu,
+            model: Some(model),
+            train: Some(data.clone()),
+            eval: Some(data),
+            max_steps: Some(20),
+            lr: Some(1e-2),
+            batch_size: Some(6),
+            output: Some(dir.path().join("run")),
+            ..FinetuneConfig::default()
+        };
+        let report = finetune(&config, &mut |_| {}).unwrap();
+        assert_eq!((report.method, report.steps), (MethodName::Balora, 20));
+        let before = report.eval_before.as_ref().unwrap().accuracy;
+        assert!(
+            report.eval_after.accuracy > before,
+            "accuracy {before} → {:?}",
+            report.eval_after
+        );
+        let evaluated = evaluate_saved_adapter(config, dir.path());
+        assert_eq!(evaluated.eval_after.accuracy, report.eval_after.accuracy);
     }
 
     #[test]

@@ -71,12 +71,7 @@ impl FinetuneConfig {
                  pretrained teacher)",
             ));
         }
-        let mut method = Method::from_name(
-            self.method.as_str(),
-            task,
-            self.pissa_niter,
-            self.preset.as_str(),
-        )?;
+        let mut method = Method::new(self.method, task, self.pissa_niter, self.preset)?;
         if let Some(r) = method.regularizers_mut() {
             r.lambda_consistency = self.lambda_consistency.unwrap_or(r.lambda_consistency);
             r.lambda_diversity = self.lambda_diversity.unwrap_or(r.lambda_diversity);

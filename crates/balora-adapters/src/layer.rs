@@ -132,7 +132,7 @@ impl LoraAdapter {
     /// The same update as plain LoRA on the *pretrained* weight (docs/methods.md, "PiSSA
     /// conversion on save"): with initial factors, `A' = [A; A₀]` (`[2r, in]`) and
     /// `B' = [B | −B₀]` (`[out, 2r]`), so `s·B'·A' = s·(B·A − B₀·A₀)`; otherwise `(A, B)`.
-    /// Detached.
+    /// Both detached: the result is for writing files, not for training.
     pub fn to_plain_lora(&self) -> (Tensor<2>, Tensor<2>) {
         let (a, b) = (self.lora_a.val().detach(), self.lora_b.val().detach());
         match &self.initial {

@@ -39,13 +39,12 @@ mod layer;
 pub mod monteclora;
 mod slots;
 mod special;
-pub mod svd;
+mod svd;
 mod variant;
 
 pub use balora_kernels::training_dtype;
 pub use config::{InitMode, LoraConfig, TargetMatcher, TargetModules, pattern_value};
 pub use error::AdapterError;
-pub use init::{InitialFactors, initial_factors};
 pub use layer::{InitialAdapter, LoraAdapter, LoraLinear, frozen_linear};
 pub use monteclora::{MonteClora, MonteCloraConfig, MonteCloraSample, MonteCloraTerms};
 pub use slots::{

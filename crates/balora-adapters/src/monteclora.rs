@@ -71,15 +71,15 @@ pub struct MonteCloraSample {
 #[derive(Module, Debug)]
 pub struct MonteClora {
     /// ρ `[r]`: log standard deviations of the per-rank variances.
-    pub std_prior: Param<Tensor<1>>,
+    std_prior: Param<Tensor<1>>,
     /// η `[N]`: log Dirichlet concentrations of the mixture weights.
-    pub expert_weights_prior: Param<Tensor<1>>,
-    /// Configuration.
+    expert_weights_prior: Param<Tensor<1>>,
+    /// The sampler's settings (N, scaler, β, prior), fixed at initialisation.
     #[module(skip)]
-    pub config: MonteCloraConfig,
+    config: MonteCloraConfig,
     /// The current step's random inputs; `None` outside training.
     #[module(skip)]
-    pub sample: Option<MonteCloraSample>,
+    sample: Option<MonteCloraSample>,
 }
 
 impl MonteClora {
@@ -89,17 +89,56 @@ impl MonteClora {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut uniform = |n: usize| {
             let v: Vec<f64> = (0..n).map(|_| StandardUniform.sample(&mut rng)).collect();
-            Param::from_tensor(Tensor::<1>::from_data(
-                TensorData::new(v, [n]),
-                (&like.device(), like.dtype()),
-            ))
+            Tensor::<1>::from_data(TensorData::new(v, [n]), (&like.device(), like.dtype()))
         };
+        let std_prior = uniform(rank);
+        Self::from_parameters(std_prior, uniform(config.num_samples), config.clone())
+    }
+
+    /// The variant from given parameters ρ `[r]` and η `[N]` (`N = config.num_samples`), with
+    /// no sample drawn yet.
+    pub fn from_parameters(
+        std_prior: Tensor<1>,
+        expert_weights_prior: Tensor<1>,
+        config: MonteCloraConfig,
+    ) -> Self {
         Self {
-            std_prior: uniform(rank),
-            expert_weights_prior: uniform(config.num_samples),
-            config: config.clone(),
+            std_prior: Param::from_tensor(std_prior),
+            expert_weights_prior: Param::from_tensor(expert_weights_prior),
+            config,
             sample: None,
         }
+    }
+
+    /// ρ `[r]`, the trainable log standard deviations.
+    pub fn std_prior(&self) -> Tensor<1> {
+        self.std_prior.val()
+    }
+
+    /// η `[N]`, the trainable log Dirichlet concentrations.
+    pub fn expert_weights_prior(&self) -> Tensor<1> {
+        self.expert_weights_prior.val()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MonteCloraConfig {
+        &self.config
+    }
+
+    /// This step's random inputs, if drawn.
+    pub fn sample(&self) -> Option<&MonteCloraSample> {
+        self.sample.as_ref()
+    }
+
+    /// Use given random inputs instead of a draw (worked examples and tests fix `z`);
+    /// `None` forgets the sample, so forwards use the mean adapter.
+    pub fn set_sample(&mut self, sample: Option<MonteCloraSample>) {
+        self.sample = sample;
+    }
+
+    /// Number of trainable parameters (`r + N`).
+    pub fn num_trainable(&self) -> usize {
+        self.std_prior.shape().num_elements() + self.expert_weights_prior.shape().num_elements()
     }
 
     /// Draw this step's random inputs for a layer with `inp` input features, from `seed`

@@ -19,6 +19,11 @@ pub enum AdapterTensor {
 /// The variants of the LoRA adapter. Each one supplies the same four things: its per-step
 /// random draw, its change to `lora_A` in a training forward, its loss term and its extra
 /// tensors.
+///
+/// The set is closed on purpose: an adapter is a Burn `Module` (its parameters are visited,
+/// saved, moved between devices and differentiated by the derive), and a `Box<dyn Trait>`
+/// cannot be one. A new variant is a new arm here, and its state stays private to its own
+/// module behind the methods below (docs/methods.md, "MonteCLoRA").
 #[derive(Module, Debug)]
 pub enum Variant {
     /// MonteCLoRA: a Bayesian Monte-Carlo perturbation of `lora_A` (arXiv 2411.04358).
@@ -37,7 +42,7 @@ impl Variant {
     /// Forget the drawn inputs: forwards then use the mean adapter even on an autodiff device.
     pub fn clear(&mut self) {
         match self {
-            Self::MonteClora(mc) => mc.sample = None,
+            Self::MonteClora(mc) => mc.set_sample(None),
         }
     }
 
@@ -58,9 +63,7 @@ impl Variant {
     /// Number of trainable parameters the variant adds.
     pub fn num_trainable(&self) -> usize {
         match self {
-            Self::MonteClora(mc) => {
-                mc.std_prior.shape().num_elements() + mc.expert_weights_prior.shape().num_elements()
-            }
+            Self::MonteClora(mc) => mc.num_trainable(),
         }
     }
 
@@ -73,11 +76,11 @@ impl Variant {
                 vec![
                     (
                         name("std_prior"),
-                        AdapterTensor::Vector(mc.std_prior.val().detach()),
+                        AdapterTensor::Vector(mc.std_prior().detach()),
                     ),
                     (
                         name("expert_weights_prior"),
-                        AdapterTensor::Vector(mc.expert_weights_prior.val().detach()),
+                        AdapterTensor::Vector(mc.expert_weights_prior().detach()),
                     ),
                     (
                         name("gaussian_var_prior"),

@@ -4,7 +4,6 @@
 
 use balora_adapters::{LoraLinear, MonteClora, MonteCloraConfig, MonteCloraSample, Variant};
 use balora_testkit::{assert_grad, f64_device, max_abs_diff, tensor64, values};
-use burn::module::Param;
 use burn::tensor::{Device, Tensor};
 
 fn sample(d: &Device) -> MonteCloraSample {
@@ -33,12 +32,9 @@ fn config(textbook: bool, scaler: f64) -> MonteCloraConfig {
 }
 
 fn monteclora(rho: Tensor<1>, eta: Tensor<1>, d: &Device, cfg: MonteCloraConfig) -> MonteClora {
-    MonteClora {
-        std_prior: Param::from_tensor(rho),
-        expert_weights_prior: Param::from_tensor(eta),
-        config: cfg,
-        sample: Some(sample(d)),
-    }
+    let mut mc = MonteClora::from_parameters(rho, eta, cfg);
+    mc.set_sample(Some(sample(d)));
+    mc
 }
 
 /// The example's layer: W = 0 (so the output is the LoRA delta), A, B, s = 2.
@@ -196,7 +192,7 @@ fn drawn_samples_are_reproducible_and_differ_by_seed() {
             MonteCloraConfig::new().with_num_samples(4),
         );
         mc.draw(5, seed);
-        let s = mc.sample.unwrap();
+        let s = mc.sample().unwrap().clone();
         (
             values(s.z_mvn),
             values(s.wishart_diag),

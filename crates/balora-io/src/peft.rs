@@ -103,7 +103,7 @@ pub struct PeftConfig {
     /// DoRA (not supported here; rejected on load).
     #[serde(default)]
     pub use_dora: bool,
-    /// Dropout.
+    /// Dropout probability on the adapter branch's input (training only).
     #[serde(default)]
     pub lora_dropout: f64,
     /// Conv1D layout flag (GPT-2); our slots are always `[out, in]`.

@@ -53,6 +53,33 @@ pub fn activation_composed<const D: usize>(x: Tensor<D>, kind: Activation) -> Te
     }
 }
 
+/// GELU in its exact form, `0.5·x·(1 + erf(x/√2))` (BERT's and DeBERTa's `gelu`), with its
+/// exact derivative on every backend (docs/methods.md, "Activations").
+///
+/// Why not Burn's `gelu` everywhere: its forward is exact on every backend, but the backward
+/// the CubeCL backends (wgpu, cuda) inherit from Burn's default is the derivative of the tanh
+/// approximation, off by up to 8e-4 on `[−4, 4]` — a gradient that is not the forward's.
+/// flex overrides it with the exact one in a single pass, so flex keeps Burn's op; elsewhere
+/// the erf form is composed from ops whose derivatives are exact.
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if on_flex(&x) {
+        burn::tensor::activation::gelu(x)
+    } else {
+        gelu_composed(x)
+    }
+}
+
+/// [`gelu`] from `erf` (every backend; what [`gelu`] runs off flex, and the tests' reference).
+pub fn gelu_composed<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let cdf = x
+        .clone()
+        .div_scalar(std::f64::consts::SQRT_2)
+        .erf()
+        .add_scalar(1.0)
+        .mul_scalar(0.5);
+    x * cdf
+}
+
 /// The activations as a Burn backend extension (flex only; [`activation`] routes).
 #[backend_extension(Flex, Autodiff)]
 pub trait ActivationBackend: Backend {

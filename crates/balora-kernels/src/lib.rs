@@ -5,27 +5,29 @@
 //! backend extensions over the raw buffers; on every other backend, and for dtypes the kernels
 //! do not cover, the same functions compose ordinary tensor ops, so callers never branch.
 //!
-//! * [`vocab`]: cross-entropy, teacher KL and entropy over the vocabulary in one pass per row,
+//! * [`vocab_terms`]: cross-entropy, teacher KL and entropy over the vocabulary in one pass per row,
 //!   keeping six numbers per row for the backward instead of several `[N, V]` tensors (and,
 //!   for the per-sample SVD term, each sample's Gram matrix, so the gradient stays in place);
-//! * [`activation`](mod@activation): GPT-2's tanh GELU and Llama's SiLU, one vectorised pass each way;
-//! * [`linear`]: a frozen linear layer with an optional LoRA branch, one multi-threaded GEMM
+//! * [`gelu`]: the exact GELU with its exact derivative on every backend (Burn's CubeCL
+//!   backward is the tanh approximation's);
+//! * [`activation()`]: GPT-2's tanh GELU and Llama's SiLU, one vectorised pass each way;
+//! * [`lora_linear`]: a frozen linear layer with an optional LoRA branch, one multi-threaded GEMM
 //!   per product and no gradient ever computed for the frozen weight.
 //!
 //! The kernels know nothing about models, adapters or losses; they take and return tensors.
 
 #![warn(missing_docs)]
 
-pub mod activation;
-pub mod flex;
+mod activation;
+mod flex;
 mod gemm;
-pub mod linear;
+mod linear;
 mod precision;
 mod rows;
-pub mod simd;
-pub mod vocab;
+mod simd;
+mod vocab;
 
-pub use activation::{Activation, activation, activation_composed};
+pub use activation::{Activation, activation, activation_composed, gelu, gelu_composed};
 pub use linear::{LowRank, gram, lora_linear, lora_linear_composed, matmul};
 pub use precision::training_dtype;
 pub use vocab::{VocabTermsConfig, gram_matrices, vocab_terms, vocab_terms_composed};

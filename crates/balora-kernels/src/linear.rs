@@ -44,7 +44,7 @@ pub struct LowRank {
     pub a: Tensor<2>,
     /// `B`, `[out, r]`.
     pub b: Tensor<2>,
-    /// `s`.
+    /// The branch's scale `s` (`α/r`, or `α/√r` with rsLoRA).
     pub scale: f64,
 }
 

@@ -376,6 +376,41 @@ fn fused_activations_equal_burn_in_value_and_gradient() {
     }
 }
 
+/// The exact GELU: flex's op equals the erf composition in value and gradient (f64), both
+/// pass a finite-difference check, and its derivative is the exact one, not the tanh
+/// approximation's (which differs by up to 8e-4 on `[−4, 4]`).
+#[test]
+fn exact_gelu_has_the_exact_derivative() {
+    use balora_kernels::{gelu, gelu_composed};
+    let raw: Vec<f64> = pseudo_random(3 * 41, 5).iter().map(|v| 8.0 * v).collect();
+    let x = tensor64(&raw, [3, 41], &f64_device()).require_grad();
+    let weigh = |y: Tensor<2>| (y * t64([3, 41], 8)).sum();
+    let (flex, composed) = (gelu(x.clone()), gelu_composed(x.clone()));
+    let v = max_abs_diff(flex.clone(), composed.clone());
+    assert!(v < 1e-12, "flex vs composed value: {v:e}");
+    let gf = x.grad(&weigh(flex).backward()).expect("flex");
+    let gc = x.grad(&weigh(composed).backward()).expect("composed");
+    let d = max_abs_diff(gf.clone(), gc);
+    // (flex's erf is a rational approximation good to ~1e-9 in f64: 2.9e-9 here)
+    assert!(d < 1e-8, "flex vs composed gradient: {d:e}");
+    // d/dx = Φ(x) + x·φ(x), by hand
+    let w = values(t64([3, 41], 8));
+    for ((x, g), w) in raw.iter().zip(values(gf)).zip(w) {
+        let phi = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+        let cdf = 0.5
+            * (1.0
+                + values(tensor64(&[x / std::f64::consts::SQRT_2], [1], &f64_device()).erf())[0]);
+        assert!((g - w * (cdf + x * phi)).abs() < 1e-8, "x = {x}: {g}");
+    }
+    let small = tensor64(&pseudo_random(12, 6), [3, 4], &f64_device());
+    for (name, f) in [
+        ("gelu", gelu::<2> as fn(_) -> _),
+        ("gelu_composed", gelu_composed::<2>),
+    ] {
+        assert_grad(name, |x| (f(x) * t64([3, 4], 7)).sum(), small.clone(), 1e-7);
+    }
+}
+
 #[test]
 fn fused_gram_matches_the_composition_and_finite_differences() {
     let z = tensor64(&pseudo_random(2 * 3 * 5, 11), [2, 3, 5], &f64_device());

@@ -4,7 +4,7 @@ use balora_kernels::{VocabTermsConfig, gram_matrices, vocab_terms};
 use burn::tensor::Tensor;
 
 use crate::task::{check_labels, mean_cross_entropy, shifted_targets};
-use crate::{LossError, RegularizerConfig, Task, TokenMask, nlg, nlu};
+use crate::{Lambdas, LossError, RegularizerConfig, Task, TokenMask, nlg, nlu};
 
 /// The regularisers of one step, each `None` when its λ is 0 at this step or its inputs are
 /// degenerate (see `skipped`).
@@ -17,7 +17,7 @@ pub struct Terms {
     /// SVD (unweighted).
     pub svd: Option<Tensor<1>>,
     /// λ1, λ2, λ3 at this step (after schedules and adaptive λ1).
-    pub lambdas: [f64; 3],
+    pub lambdas: Lambdas,
     /// Why a term with λ > 0 was skipped (for a logged warning).
     pub skipped: Vec<String>,
 }
@@ -78,12 +78,12 @@ impl BaLoraLoss {
         let teacher = || teacher().cast(dtype);
         let lambdas = self.config.lambdas_at(step, self.total_steps);
         let mut skipped = Vec::new();
-        let consistency = if lambdas[0] > 0.0 {
+        let consistency = if lambdas.consistency > 0.0 {
             Some(nlu::consistency(student.clone(), teacher())?)
         } else {
             None
         };
-        let diversity = if lambdas[1] > 0.0 {
+        let diversity = if lambdas.diversity > 0.0 {
             let d = nlu::diversity(student.clone())?;
             if d.is_none() {
                 skipped.push("diversity: batch of 1 (a covariance needs B ≥ 2)".to_string());
@@ -92,7 +92,7 @@ impl BaLoraLoss {
         } else {
             None
         };
-        let svd = if lambdas[2] > 0.0 {
+        let svd = if lambdas.svd > 0.0 {
             Some(nlu::svd(
                 student,
                 self.config.svd_k,
@@ -164,7 +164,7 @@ impl BaLoraLoss {
         let mut lambdas = c.lambdas_at(step, self.total_steps);
         let mut skipped = Vec::new();
         let mut skip = |term: &str, why: &str| skipped.push(format!("{term}: {why}"));
-        let teacher = if lambdas[0] > 0.0 {
+        let teacher = if lambdas.consistency > 0.0 {
             let teacher = teacher().detach();
             if teacher.dims() != student.dims() {
                 return Err(LossError::Shape {
@@ -176,13 +176,13 @@ impl BaLoraLoss {
             if let Some(adaptive) = &c.adaptive_consistency
                 && let Some(h) = nlg::teacher_entropy(teacher.clone(), &mask, c.temperature)?
             {
-                lambdas[0] = adaptive.lambda(c.lambda_consistency, h, v);
+                lambdas.consistency = adaptive.lambda(c.lambda_consistency, h, v);
             }
             Some(teacher)
         } else {
             None
         };
-        let want_entropy = lambdas[1] > 0.0 && mask.count() > 0;
+        let want_entropy = lambdas.diversity > 0.0 && mask.count() > 0;
         let want_ce = task.is_none() && t >= 2;
         let (targets, labelled) = if want_ce {
             let (targets, n) = shifted_targets(labels, t);
@@ -190,8 +190,8 @@ impl BaLoraLoss {
         } else {
             (None, 0)
         };
-        let want_norms = lambdas[2] > 0.0 && nlg::needs_row_norms(c, v);
-        let gram_block = if lambdas[2] > 0.0 {
+        let want_norms = lambdas.svd > 0.0 && nlg::needs_row_norms(c, v);
+        let gram_block = if lambdas.svd > 0.0 {
             nlg::gram_block(c, t, v)
         } else {
             0
@@ -214,7 +214,7 @@ impl BaLoraLoss {
             _ => Tensor::zeros([1], (&student.device(), student.dtype())),
         };
         let consistency = match &terms {
-            Some(terms) if lambdas[0] > 0.0 => {
+            Some(terms) if lambdas.consistency > 0.0 => {
                 let kl = nlg::column(terms, 1);
                 let term = nlg::reduce_consistency(kl, &mask, c.kl_reduction, c.temperature);
                 if term.is_none() {
@@ -224,7 +224,7 @@ impl BaLoraLoss {
             }
             _ => None,
         };
-        let diversity = if lambdas[1] > 0.0 {
+        let diversity = if lambdas.diversity > 0.0 {
             let term = terms
                 .as_ref()
                 .filter(|_| want_entropy)
@@ -236,7 +236,7 @@ impl BaLoraLoss {
         } else {
             None
         };
-        let svd = if lambdas[2] > 0.0 {
+        let svd = if lambdas.svd > 0.0 {
             let row_sq = terms
                 .as_ref()
                 .filter(|_| want_norms)
@@ -276,11 +276,16 @@ fn combine(
     consistency: Option<Tensor<1>>,
     diversity: Option<Tensor<1>>,
     svd: Option<Tensor<1>>,
-    lambdas: [f64; 3],
+    lambdas: Lambdas,
     skipped: Vec<String>,
 ) -> LossOutput {
     let mut loss = task.clone();
-    for (term, lambda) in [&consistency, &diversity, &svd].into_iter().zip(lambdas) {
+    let weighted = [
+        (&consistency, lambdas.consistency),
+        (&diversity, lambdas.diversity),
+        (&svd, lambdas.svd),
+    ];
+    for (term, lambda) in weighted {
         if let Some(term) = term {
             loss = loss + term.clone().mul_scalar(lambda);
         }

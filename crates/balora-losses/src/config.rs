@@ -14,6 +14,64 @@ pub enum Task {
     Nlg,
 }
 
+/// The weights of the three regularisers at one step (after schedules; λ1 also after the
+/// adaptive rule), as logged in `metrics.jsonl`.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Lambdas {
+    /// λ1, of the consistency term.
+    pub consistency: f64,
+    /// λ2, of the diversity term.
+    pub diversity: f64,
+    /// λ3, of the SVD term.
+    pub svd: f64,
+}
+
+/// BA-LoRA's named presets (docs/methods.md, "Presets"): each fills every field of
+/// [`RegularizerConfig`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum Preset {
+    /// The paper's λs and forms (the default; NLU and NLG).
+    Paper,
+    /// The ICLR 2026 code's recipe (NLG only).
+    Iclr2026,
+}
+
+impl Preset {
+    /// Every preset.
+    pub const ALL: [Self; 2] = [Self::Paper, Self::Iclr2026];
+
+    /// The preset's name (`paper`, `iclr2026`), as serde and the command line spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Paper => "paper",
+            Self::Iclr2026 => "iclr2026",
+        }
+    }
+}
+
+impl std::fmt::Display for Preset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Preset {
+    type Err = LossError;
+
+    fn from_str(name: &str) -> Result<Self, LossError> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.as_str() == name)
+            .ok_or_else(|| {
+                LossError::InvalidConfig(format!(
+                    "unknown BA-LoRA preset {name:?}: expected \"paper\" or \"iclr2026\""
+                ))
+            })
+    }
+}
+
 /// The SVD regulariser's objective over the singular values σ of the logit matrix.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
 pub enum SvdObjective {
@@ -159,19 +217,17 @@ impl RegularizerConfig {
             })
     }
 
-    /// A preset by name: `paper` or `iclr2026`.
-    pub fn preset(name: &str, task: Task) -> Result<Self, LossError> {
-        match (name, task) {
-            ("paper", _) => Ok(Self::paper(task)),
-            ("iclr2026", Task::Nlg) => Ok(Self::iclr2026()),
-            ("iclr2026", Task::Nlu) => Err(LossError::InvalidConfig(
+    /// The regularisers of `preset` for `task`; `iclr2026` is refused for NLU, which its
+    /// code does not define.
+    pub fn preset(preset: Preset, task: Task) -> Result<Self, LossError> {
+        match (preset, task) {
+            (Preset::Paper, _) => Ok(Self::paper(task)),
+            (Preset::Iclr2026, Task::Nlg) => Ok(Self::iclr2026()),
+            (Preset::Iclr2026, Task::Nlu) => Err(LossError::InvalidConfig(
                 "the iclr2026 preset is defined for NLG only (the official code has no NLU \
                  path); use `paper` for classification"
                     .into(),
             )),
-            _ => Err(LossError::InvalidConfig(format!(
-                "unknown BA-LoRA preset {name:?}: expected \"paper\" or \"iclr2026\""
-            ))),
         }
     }
 
@@ -247,11 +303,11 @@ impl RegularizerConfig {
     }
 
     /// The three λ's at optimizer step `step` of `total` (before adaptive λ1).
-    pub fn lambdas_at(&self, step: usize, total: usize) -> [f64; 3] {
-        [
-            self.lambda_consistency * self.schedule_consistency.factor(step, total),
-            self.lambda_diversity * self.schedule_diversity.factor(step, total),
-            self.lambda_svd * self.schedule_svd.factor(step, total),
-        ]
+    pub fn lambdas_at(&self, step: usize, total: usize) -> Lambdas {
+        Lambdas {
+            consistency: self.lambda_consistency * self.schedule_consistency.factor(step, total),
+            diversity: self.lambda_diversity * self.schedule_diversity.factor(step, total),
+            svd: self.lambda_svd * self.schedule_svd.factor(step, total),
+        }
     }
 }

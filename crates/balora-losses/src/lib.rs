@@ -43,7 +43,9 @@ pub mod svd;
 pub mod task;
 
 pub use balora::{BaLoraLoss, LossOutput, Terms};
-pub use config::{KlReduction, MaskMode, RegularizerConfig, SvdMode, SvdObjective, Task};
+pub use config::{
+    KlReduction, Lambdas, MaskMode, Preset, RegularizerConfig, SvdMode, SvdObjective, Task,
+};
 pub use error::LossError;
 pub use mask::{IGNORE_INDEX, TokenMask};
 pub use schedule::{AdaptiveLambda, Schedule};

@@ -2,8 +2,8 @@
 //! ≤ 1e-9 absolute.
 
 use balora_losses::{
-    AdaptiveLambda, BaLoraLoss, KlReduction, MaskMode, RegularizerConfig, Schedule, SvdMode,
-    SvdObjective, Task, TokenMask, nlg, nlu,
+    AdaptiveLambda, BaLoraLoss, KlReduction, Lambdas, MaskMode, Preset, RegularizerConfig,
+    Schedule, SvdMode, SvdObjective, Task, TokenMask, nlg, nlu,
 };
 use balora_testkit::{f64_device, tensor64, values};
 use burn::tensor::{Device, Tensor};
@@ -83,7 +83,14 @@ fn nlg_paper_total_regulariser() {
     let zero = Tensor::<1>::zeros([1], (&d, burn::tensor::DType::F64));
     let out = loss.nlg(0, zero, f, &[0, 0], || p).unwrap();
     close(scalar(out.loss), -2.5430509173090106e-4);
-    assert_eq!(out.terms.lambdas, [1e-4, 3e-4, 1e-4]);
+    assert_eq!(
+        out.terms.lambdas,
+        Lambdas {
+            consistency: 1e-4,
+            diversity: 3e-4,
+            svd: 1e-4
+        }
+    );
 }
 
 fn iclr(tau: f64, top_k: usize, k: usize, objective: SvdObjective) -> RegularizerConfig {
@@ -166,7 +173,7 @@ fn adaptive_lambda_uses_the_teacher_entropy() {
     let loss = BaLoraLoss::new(c, 1000).unwrap();
     let zero = Tensor::<1>::zeros([1], (&d, burn::tensor::DType::F64));
     let out = loss.nlg(0, zero, f, &[5, 7], || p).unwrap();
-    close(out.terms.lambdas[0], 0.0044728039);
+    close(out.terms.lambdas.consistency, 0.0044728039);
 }
 
 #[test]
@@ -219,13 +226,14 @@ fn unknown_combinations_are_rejected_with_a_reason() {
     );
     assert!(err(RegularizerConfig::paper(Task::Nlg).with_svd_k(0)).contains("svd_k"));
     assert!(
-        RegularizerConfig::preset("iclr2026", Task::Nlu)
+        RegularizerConfig::preset(Preset::Iclr2026, Task::Nlu)
             .unwrap_err()
             .to_string()
             .contains("NLG only")
     );
     assert!(
-        RegularizerConfig::preset("paperr", Task::Nlg)
+        "paperr"
+            .parse::<Preset>()
             .unwrap_err()
             .to_string()
             .contains("paperr")

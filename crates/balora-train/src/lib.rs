@@ -11,6 +11,7 @@ mod checkpoint;
 pub mod data;
 mod error;
 pub mod eval;
+#[doc(hidden)]
 pub mod fault;
 mod method;
 pub mod metrics;
@@ -23,7 +24,7 @@ mod trainer;
 
 pub use checkpoint::LoopState;
 pub use error::TrainError;
-pub use method::{METHOD_NAMES, Method};
+pub use method::{Method, MethodName};
 pub use objective::{NlgObjective, NluObjective, Objective};
 pub use observer::Observer;
 pub use optim::{TorchAdamW, TorchAdamWConfig};

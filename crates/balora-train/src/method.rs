@@ -5,7 +5,7 @@
 use std::fmt;
 
 use balora_adapters::{InitMode, LoraConfig, MonteCloraConfig};
-use balora_losses::{BaLoraLoss, LossError, RegularizerConfig, Task};
+use balora_losses::{BaLoraLoss, LossError, Preset, RegularizerConfig, Task};
 
 /// A fine-tuning method.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,8 +31,59 @@ pub enum Method {
     MonteClora(MonteCloraConfig),
 }
 
-/// The names [`Method::from_name`] accepts.
-pub const METHOD_NAMES: [&str; 4] = ["lora", "pissa", "balora", "monteclora"];
+/// The methods by name, without their settings: what a command line or a run file chooses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum MethodName {
+    /// [`Method::Lora`].
+    Lora,
+    /// [`Method::Pissa`].
+    Pissa,
+    /// [`Method::Balora`].
+    Balora,
+    /// [`Method::MonteClora`].
+    Monteclora,
+}
+
+impl MethodName {
+    /// Every method.
+    pub const ALL: [Self; 4] = [Self::Lora, Self::Pissa, Self::Balora, Self::Monteclora];
+
+    /// The name (`lora`, `pissa`, `balora`, `monteclora`), as serde and the command line
+    /// spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Lora => "lora",
+            Self::Pissa => "pissa",
+            Self::Balora => "balora",
+            Self::Monteclora => "monteclora",
+        }
+    }
+}
+
+impl fmt::Display for MethodName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for MethodName {
+    type Err = LossError;
+
+    fn from_str(name: &str) -> Result<Self, LossError> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.as_str() == name)
+            .ok_or_else(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|m| m.as_str()).collect();
+                LossError::InvalidConfig(format!(
+                    "unknown method {name:?}: expected one of {}",
+                    names.join(", ")
+                ))
+            })
+    }
+}
 
 impl Method {
     /// PiSSA's SVD: the full thin SVD for `niter = 0`, else the randomized one with `niter`
@@ -44,40 +95,34 @@ impl Method {
         }
     }
 
-    /// The method called `name` (one of [`METHOD_NAMES`]) with its defaults for `task`: PiSSA
-    /// with `pissa_niter` power iterations, BA-LoRA with `preset` (`paper` or `iclr2026`),
-    /// MonteCLoRA with the paper's sampler settings.
-    pub fn from_name(
-        name: &str,
+    /// The method `name` with its defaults for `task`: PiSSA with `pissa_niter` power
+    /// iterations, BA-LoRA with `preset`'s regularisers (refused where the preset does not
+    /// define `task`), MonteCLoRA with the paper's sampler settings.
+    pub fn new(
+        name: MethodName,
         task: Task,
         pissa_niter: usize,
-        preset: &str,
+        preset: Preset,
     ) -> Result<Self, LossError> {
         let init = Self::pissa_init(pissa_niter);
         Ok(match name {
-            "lora" => Self::Lora,
-            "pissa" => Self::Pissa { init },
-            "balora" => Self::Balora {
+            MethodName::Lora => Self::Lora,
+            MethodName::Pissa => Self::Pissa { init },
+            MethodName::Balora => Self::Balora {
                 init,
                 regularizers: RegularizerConfig::preset(preset, task)?,
             },
-            "monteclora" => Self::MonteClora(MonteCloraConfig::new()),
-            other => {
-                return Err(LossError::InvalidConfig(format!(
-                    "unknown method {other:?}: expected one of {}",
-                    METHOD_NAMES.join(", ")
-                )));
-            }
+            MethodName::Monteclora => Self::MonteClora(MonteCloraConfig::new()),
         })
     }
 
-    /// The method's name, as [`Self::from_name`] reads it.
-    pub fn name(&self) -> &'static str {
+    /// The method's name.
+    pub fn name(&self) -> MethodName {
         match self {
-            Self::Lora => "lora",
-            Self::Pissa { .. } => "pissa",
-            Self::Balora { .. } => "balora",
-            Self::MonteClora(_) => "monteclora",
+            Self::Lora => MethodName::Lora,
+            Self::Pissa { .. } => MethodName::Pissa,
+            Self::Balora { .. } => MethodName::Balora,
+            Self::MonteClora(_) => MethodName::Monteclora,
         }
     }
 
@@ -114,7 +159,7 @@ impl Method {
 
 impl fmt::Display for Method {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        f.write_str(self.name().as_str())
     }
 }
 
@@ -126,32 +171,37 @@ mod tests {
     #[test]
     fn each_method_sets_its_init_variant_and_loss() {
         let base = || LoraConfig::new(4, TargetModules::names(["q_proj"]));
-        for name in METHOD_NAMES {
-            let m = Method::from_name(name, Task::Nlg, 2, "paper").unwrap();
+        for name in MethodName::ALL {
+            let m = Method::new(name, Task::Nlg, 2, Preset::Paper).unwrap();
             assert_eq!(m.name(), name);
+            assert_eq!(name.as_str().parse::<MethodName>().unwrap(), name);
             let c = m.adapter_config(base());
-            let pissa = matches!(name, "pissa" | "balora");
+            let pissa = matches!(name, MethodName::Pissa | MethodName::Balora);
             assert_eq!(c.init.is_pissa(), pissa, "{name}");
-            assert_eq!(c.monteclora.is_some(), name == "monteclora", "{name}");
+            assert_eq!(
+                c.monteclora.is_some(),
+                name == MethodName::Monteclora,
+                "{name}"
+            );
             assert_eq!(
                 m.regularizer(10).unwrap().is_some(),
-                name == "balora",
+                name == MethodName::Balora,
                 "{name}"
             );
         }
-        let full = Method::from_name("pissa", Task::Nlu, 0, "paper").unwrap();
+        let full = Method::new(MethodName::Pissa, Task::Nlu, 0, Preset::Paper).unwrap();
         assert_eq!(full.adapter_config(base()).init, InitMode::Pissa);
     }
 
     #[test]
-    fn unknown_names_and_presets_are_refused_with_the_choices() {
-        let e = Method::from_name("qlora", Task::Nlg, 2, "paper")
-            .unwrap_err()
-            .to_string();
+    fn unknown_names_and_undefined_presets_are_refused_with_the_choices() {
+        let e = "qlora".parse::<MethodName>().unwrap_err().to_string();
         assert!(e.contains("\"qlora\"") && e.contains("monteclora"), "{e}");
-        let e = Method::from_name("balora", Task::Nlu, 2, "iclr2026")
+        let e = Method::new(MethodName::Balora, Task::Nlu, 2, Preset::Iclr2026)
             .unwrap_err()
             .to_string();
         assert!(e.contains("iclr2026"), "{e}");
+        let json = serde_json::to_string(&MethodName::Monteclora).unwrap();
+        assert_eq!(json, "\"monteclora\"");
     }
 }

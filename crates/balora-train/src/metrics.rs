@@ -9,6 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
+use balora_losses::Lambdas;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
@@ -31,7 +32,7 @@ pub struct StepMetrics {
     /// MonteCLoRA's regulariser, when used.
     pub monteclora: Option<f64>,
     /// λ1, λ2, λ3 in effect.
-    pub lambdas: [f64; 3],
+    pub lambdas: Lambdas,
     /// Learning rate.
     pub lr: f64,
     /// Global gradient norm before clipping.
@@ -238,15 +239,19 @@ pub fn plot_losses(metrics: &[StepMetrics], path: &Path) -> Result<(), TrainErro
         ("task loss", |m| Some(m.task), (0, 0, 255)),
         (
             "λ1·consistency",
-            |m| m.consistency.map(|v| v * m.lambdas[0]),
+            |m| m.consistency.map(|v| v * m.lambdas.consistency),
             (255, 0, 0),
         ),
         (
             "λ2·diversity",
-            |m| m.diversity.map(|v| v * m.lambdas[1]),
+            |m| m.diversity.map(|v| v * m.lambdas.diversity),
             (0, 255, 0),
         ),
-        ("λ3·svd", |m| m.svd.map(|v| v * m.lambdas[2]), (255, 0, 255)),
+        (
+            "λ3·svd",
+            |m| m.svd.map(|v| v * m.lambdas.svd),
+            (255, 0, 255),
+        ),
         ("monteclora", |m| m.monteclora, (0, 255, 255)),
     ];
     let lines: Vec<Line> = series

@@ -3,7 +3,7 @@
 
 use balora_adapters::{AdapterSlots, teacher};
 use balora_losses::task::{causal_lm_loss, classification_loss};
-use balora_losses::{BaLoraLoss, LossOutput, Terms};
+use balora_losses::{BaLoraLoss, Lambdas, LossOutput, Terms};
 use balora_model::{CausalLm, SequenceClassifier, TokenBatch};
 use burn::module::Module;
 use burn::tensor::Tensor;
@@ -51,7 +51,7 @@ fn task_only(task: Tensor<1>) -> LossOutput {
             consistency: None,
             diversity: None,
             svd: None,
-            lambdas: [0.0; 3],
+            lambdas: Lambdas::default(),
             skipped: Vec::new(),
         },
     }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use balora_adapters::{AdapterSlots, draw_variants, variant_loss};
-use balora_losses::LossOutput;
+use balora_losses::{Lambdas, LossOutput};
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Device;
@@ -285,7 +285,7 @@ struct TermSums {
     diversity: Option<f64>,
     svd: Option<f64>,
     monteclora: Option<f64>,
-    lambdas: [f64; 3],
+    lambdas: Lambdas,
 }
 
 fn add(sum: &mut Option<f64>, value: Option<f64>) {

@@ -3,12 +3,12 @@
 //! so checkpoints load and adapter paths equal peft's.
 
 use balora_adapters::{AdapterSlots, LoraLinear, SavedParam, SavedParamMut};
+use balora_kernels::gelu;
 use balora_model::attention::{AttentionMask, scaled_dot_product};
 use balora_model::head::{Dense, HeadInit};
 use balora_model::{ModelError, SequenceClassifier, TokenBatch};
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig};
-use burn::tensor::activation::gelu;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::config::BertConfig;
@@ -76,7 +76,8 @@ pub struct BertIntermediate {
 /// One post-norm encoder layer.
 #[derive(Module, Debug)]
 pub struct BertLayer {
-    /// Attention.
+    /// Self-attention with its output projection and the first residual LayerNorm
+    /// (`attention.self.*`, `attention.output.*`).
     pub attention: BertAttention,
     /// MLP up-projection.
     pub intermediate: BertIntermediate,

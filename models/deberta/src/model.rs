@@ -4,12 +4,12 @@
 //! adapter paths equal peft's.
 
 use balora_adapters::{AdapterSlots, LoraLinear, SavedParam, SavedParamMut};
+use balora_kernels::gelu;
 use balora_model::attention::{AttentionMask, biased_dot_product, scaled_dot_product};
 use balora_model::head::{Dense, HeadInit};
 use balora_model::{ModelError, SequenceClassifier, TokenBatch};
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig};
-use burn::tensor::activation::gelu;
 use burn::tensor::{DType, Device, Int, Tensor};
 
 use crate::config::DebertaV2Config;

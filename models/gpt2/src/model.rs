@@ -36,7 +36,7 @@ pub struct Gpt2Mlp {
 pub struct Gpt2Block {
     /// LayerNorm before attention.
     pub ln_1: LayerNorm,
-    /// Attention.
+    /// Causal self-attention: the fused `c_attn` (q, k, v) and `c_proj`.
     pub attn: Gpt2Attention,
     /// LayerNorm before the MLP.
     pub ln_2: LayerNorm,

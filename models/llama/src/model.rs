@@ -122,11 +122,11 @@ impl Mlp {
 pub struct DecoderLayer {
     /// RMSNorm before attention.
     pub input_layernorm: RmsNorm,
-    /// Attention.
+    /// Grouped-query self-attention with RoPE (`q_proj`, `k_proj`, `v_proj`, `o_proj`).
     pub self_attn: Attention,
     /// RMSNorm before the MLP.
     pub post_attention_layernorm: RmsNorm,
-    /// MLP.
+    /// The gated MLP (`gate_proj`, `up_proj`, `down_proj`).
     pub mlp: Mlp,
 }
 
