@@ -162,6 +162,24 @@ impl AutoCausalLm {
             Self::Gpt2(m) => generate_uncached(m, prompt, config),
         }
     }
+
+    /// [`generate`](Self::generate) for several prompts: one left-padded batch with the KV
+    /// cache where the family has one (each row's tokens as `generate` gives them alone),
+    /// else one prompt after the other.
+    pub fn generate_batch(
+        &self,
+        prompts: &[Vec<u32>],
+        config: &GenerationConfig,
+        pad_id: u32,
+    ) -> Result<Vec<Vec<u32>>, ModelError> {
+        match self {
+            Self::Llama(m) => m.generate_batch(prompts, config, pad_id),
+            Self::Gpt2(m) => prompts
+                .iter()
+                .map(|p| generate_uncached(m, p, config))
+                .collect(),
+        }
+    }
 }
 
 impl AdapterSlots for AutoCausalLm {

@@ -497,7 +497,7 @@ mod wgpu {
     #[test]
     fn wgpu_matches_flex_forward_teacher_and_gradients() {
         let flex = run(&Device::flex().autodiff());
-        let gpu = run(&balora::parse_device("wgpu:cpu", true).unwrap());
+        let gpu = run(&balora::parse_device(&balora_testkit::gpu_spec(), true).unwrap());
         for (name, a, b) in [
             ("forward", &flex.0, &gpu.0),
             ("teacher", &flex.1, &gpu.1),
@@ -525,7 +525,7 @@ mod wgpu {
             (values(y), values(x.grad(&grads).unwrap()))
         };
         let flex = run(&Device::flex().autodiff());
-        let gpu = run(&balora::parse_device("wgpu:cpu", true).unwrap());
+        let gpu = run(&balora::parse_device(&balora_testkit::gpu_spec(), true).unwrap());
         assert!(max_abs(&flex.0, &gpu.0) < 1e-6, "values");
         let err = max_abs(&flex.1, &gpu.1);
         assert!(err < 1e-6, "gradient: wgpu differs by {err:e}");
@@ -561,7 +561,7 @@ mod wgpu {
     #[test]
     fn wgpu_matches_flex_on_deberta_logits() {
         let flex = deberta(&Device::flex().autodiff());
-        let gpu = deberta(&balora::parse_device("wgpu:cpu", true).unwrap());
+        let gpu = deberta(&balora::parse_device(&balora_testkit::gpu_spec(), true).unwrap());
         let err = max_abs(&flex.0, &gpu.0);
         assert!(
             err < 1e-4,
@@ -575,7 +575,7 @@ mod wgpu {
     #[test]
     fn wgpu_matches_flex_on_deberta_gradients() {
         let flex = deberta(&Device::flex().autodiff());
-        let gpu = deberta(&balora::parse_device("wgpu:cpu", true).unwrap());
+        let gpu = deberta(&balora::parse_device(&balora_testkit::gpu_spec(), true).unwrap());
         let err = max_abs(&flex.1, &gpu.1);
         assert!(
             err < 1e-5,

@@ -59,7 +59,7 @@ fn assert_close(what: &str, a: &[Vec<f64>], b: &[Vec<f64>]) {
 #[test]
 fn regularisers_on_wgpu_match_flex() {
     let flex = Device::flex().autodiff();
-    let gpu = balora::parse_device("wgpu:cpu", true).unwrap();
+    let gpu = balora::parse_device(&balora_testkit::gpu_spec(), true).unwrap();
     for (name, cfg) in [
         ("paper NLG", RegularizerConfig::paper(Task::Nlg)),
         ("iclr2026", RegularizerConfig::iclr2026().with_svd_k(3)),

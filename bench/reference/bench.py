@@ -1,17 +1,20 @@
 #!/usr/bin/env python3
 """The PyTorch + PEFT side of balora's benchmark (`examples/bench`).
 
-    python bench/reference/bench.py '<job json>' [--threads N]
+    python bench/reference/bench.py '<job json>' [--threads N] [--device cpu|cuda]
 
 runs one job and prints one JSON line: {"seconds": [...], "loss": [...], "peak_rss_mb": ...,
-"trainable": ..., "versions": "..."}. The job is the JSON the Rust orchestrator writes
-(`examples/bench/job.rs`): "train" (warm-up + measured optimizer steps of a method on a fixed
-batch), "gemm" (x·W forward + both gradients) or "pissa_init" (peft's PiSSA on every linear).
+"trainable": ..., "versions": "...", "tokens": [...]}. The job is the JSON the Rust orchestrator
+writes (`examples/bench/job.rs`): "train" (warm-up + measured optimizer steps of a method on a
+fixed batch), "gemm" (x·W forward + both gradients), "pissa_init" (peft's PiSSA on every
+linear) or "decode" (transformers' greedy `generate` with its KV cache).
 
 BA-LoRA here is what its official code does on top of PEFT: a second copy of the pretrained
 model, loaded with from_pretrained, gives the teacher logits under no_grad. The terms follow
 docs/methods.md, "BA-LoRA regularisers" and "Presets" (`paper`: NLG, per-sample SVD; `iclr2026`).
-Pinned versions: requirements.txt beside this file.
+Pinned versions: requirements.txt beside this file. On `--device cuda` (a GPU machine,
+`scripts/gpu-check`) each step ends with a device synchronisation before its time is read
+(peak memory stays the process's resident host memory).
 """
 import json
 import math
@@ -23,7 +26,7 @@ import peft
 import torch
 import torch.nn.functional as F
 import transformers
-from peft import LoraConfig, MontecloraConfig, get_peft_model
+from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 QV = {"gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]}
@@ -37,8 +40,16 @@ def arch(model):
     return "gpt2" if model.config.model_type == "gpt2" else "llama"
 
 
+DEVICE = torch.device("cpu")
+
+
+def sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def load(model_dir):
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(DEVICE)
     # GPT-2 configs default to 0.1 dropout; balora's models have none, so neither side pays
     # for it and both compute the same losses
     for m in model.modules():
@@ -121,10 +132,14 @@ def train(job):
         "pissa": dict(targets=QV[a], init_lora_weights=pissa),
         "balora-paper": dict(targets=QV[a], init_lora_weights=pissa),
         "balora-iclr2026": dict(targets=QV[a], init_lora_weights=pissa),
-        "monteclora": dict(targets=QV[a], monteclora_config=MontecloraConfig()),
+        "monteclora": dict(targets=QV[a]),
     }[method]
+    if method == "monteclora":
+        from peft import MontecloraConfig  # peft ≥ 0.18 only: the other rows run without it
+
+        kw["monteclora_config"] = MontecloraConfig()
     targets = kw.pop("targets")
-    model = get_peft_model(model, lora_config(model, rank, targets, **kw))
+    model = get_peft_model(model, lora_config(model, rank, targets, **kw)).to(DEVICE)
     teacher = None
     if method.startswith("balora"):
         # the official BA-LoRA code: a second pretrained model as the teacher
@@ -135,7 +150,8 @@ def train(job):
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
     vocab = model.config.vocab_size
     ids = torch.tensor(
-        [[token(b, t, vocab) for t in range(job["seq"])] for b in range(job["batch"])]
+        [[token(b, t, vocab) for t in range(job["seq"])] for b in range(job["batch"])],
+        device=DEVICE,
     )
     total = job["warmup"] + job["steps"]
     seconds, losses = [], []
@@ -165,6 +181,7 @@ def train(job):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        sync()
         elapsed = time.perf_counter() - t0
         losses.append(loss.item())
         if step >= job["warmup"]:
@@ -174,8 +191,8 @@ def train(job):
 
 def gemm(job):
     m, k, n = job["m"], job["k"], job["n"]
-    x = torch.rand(m, k, requires_grad=True)
-    w = torch.rand(k, n, requires_grad=True)
+    x = torch.rand(m, k, device=DEVICE, requires_grad=True)
+    w = torch.rand(k, n, device=DEVICE, requires_grad=True)
     seconds = []
     for rep in range(job["warmup"] + job["reps"]):
         t0 = time.perf_counter()
@@ -191,9 +208,40 @@ def pissa_init(job):
     model = load(job["model_dir"])
     init = "pissa" if job["niter"] == 0 else f"pissa_niter_{job['niter']}"
     config = lora_config(model, job["rank"], ALL[arch(model)], init_lora_weights=init)
+    sync()
     t0 = time.perf_counter()
     get_peft_model(model, config)
+    sync()
     return {"seconds": [time.perf_counter() - t0]}
+
+
+def decode(job):
+    model = load(job["model_dir"]).eval()
+    vocab = model.config.vocab_size
+    ids = torch.tensor(
+        [[token(b, t, vocab) for t in range(job["prompt"])] for b in range(job["batch"])],
+        device=DEVICE,
+    )
+    n = job["new_tokens"]
+    seconds, tokens = [], []
+    for rep in range(job["warmup"] + job["reps"]):
+        sync()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            # exactly n greedy tokens: no stop token ends a row early
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=0,
+            )
+        sync()
+        if rep >= job["warmup"]:
+            seconds.append(time.perf_counter() - t0)
+        tokens = out[:, ids.shape[1] :].tolist()
+    return {"seconds": seconds, "tokens": tokens}
 
 
 def main():
@@ -203,11 +251,17 @@ def main():
         i = args.index("--threads")
         threads = int(args[i + 1])
         del args[i : i + 2]
+    if "--device" in args:
+        i = args.index("--device")
+        global DEVICE
+        DEVICE = torch.device(args[i + 1])
+        del args[i : i + 2]
     if len(args) != 1:
         sys.exit(__doc__)
     torch.set_num_threads(threads)
     job = json.loads(args[0])
-    result = {"train": train, "gemm": gemm, "pissa_init": pissa_init}[job["kind"]](job)
+    kinds = {"train": train, "gemm": gemm, "pissa_init": pissa_init, "decode": decode}
+    result = kinds[job["kind"]](job)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["versions"] = (
         f"torch {torch.__version__} transformers {transformers.__version__} peft {peft.__version__}"

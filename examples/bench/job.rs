@@ -84,6 +84,16 @@ pub enum Job {
         niter: usize,
         rank: usize,
     },
+    /// Greedy decoding with the KV cache of `new_tokens` tokens (no stop token) after `batch`
+    /// prompts of `prompt` tokens each, `warmup + reps` times.
+    Decode {
+        model_dir: PathBuf,
+        batch: usize,
+        prompt: usize,
+        new_tokens: usize,
+        reps: usize,
+        warmup: usize,
+    },
 }
 
 /// What a side reports for a job (the fields that apply).
@@ -105,6 +115,10 @@ pub struct Outcome {
     /// Library versions of the side.
     #[serde(default)]
     pub versions: String,
+    /// The new tokens of each row of a decoding job (both sides decode greedily from the
+    /// same weights and prompts, so they must agree).
+    #[serde(default)]
+    pub tokens: Vec<Vec<u32>>,
 }
 
 /// Median of `xs` (0 for none).

@@ -32,13 +32,14 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use job::{BenchMethod, Job, Outcome, median};
-use report::{GemmRow, InitRow, Results, Side, TrainRow};
+use report::{DecodeRow, GemmRow, InitRow, Results, Side, TrainRow};
 
 #[derive(Parser, Debug)]
 #[command(about = "Benchmark balora against PyTorch + PEFT in the same run")]
 struct Cli {
     /// Models: gpt2-small (random weights, written once), smollm2 (SmolLM2-135M, real
-    /// weights), tiny-llama, tiny-gpt2 (test fixtures) or a Hugging Face directory.
+    /// weights), smollm2-shape (its configuration with random weights, for machines without
+    /// the real ones), tiny-llama, tiny-gpt2 (test fixtures) or a Hugging Face directory.
     #[arg(long, default_value = "gpt2-small,smollm2", value_delimiter = ',')]
     models: Vec<String>,
     /// Training rows.
@@ -69,18 +70,28 @@ struct Cli {
     /// CPU threads of both sides.
     #[arg(long, default_value_t = 2)]
     threads: usize,
-    /// Our device: cpu | wgpu | cuda[:N] (the reference runs on CPU).
+    /// Our device: cpu | wgpu | cuda[:N].
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// The reference's device: cpu | cuda (PyTorch's, e.g. on a GPU machine against our
+    /// `--device wgpu`: `scripts/gpu-check`).
+    #[arg(long, default_value = "cpu")]
+    reference_device: String,
+    /// Name the results `<date>-<tag>.*` instead of `<date>-<CPU vendor>.*` (a GPU run).
+    #[arg(long)]
+    tag: Option<String>,
     /// Python with torch, transformers and peft (bench/reference/requirements.txt).
     #[arg(long, default_value = "scripts/.venv-ref/bin/python")]
     python: PathBuf,
     /// Measure balora only.
     #[arg(long)]
     no_reference: bool,
-    /// Leave out the GEMM and PiSSA-initialisation rows.
+    /// Leave out the GEMM, PiSSA-initialisation and decoding rows.
     #[arg(long)]
     train_only: bool,
+    /// New tokens per decoding row (greedy, KV cache, prompts of 32 tokens; batches 1 and 8).
+    #[arg(long, default_value_t = 32)]
+    decode_tokens: usize,
     /// One step of every method on the tiny test models (so the command cannot rot in CI).
     #[arg(long)]
     smoke: bool,
@@ -164,6 +175,23 @@ fn main() -> Result<()> {
                 jobs.push((name.clone(), job));
             }
         }
+        for (name, dir) in &models {
+            // balora's GPT-2 has no KV cache: its decoding re-runs the sequence (not a row)
+            if balora::auto::Architecture::detect(dir)? == balora::auto::Architecture::Gpt2 {
+                continue;
+            }
+            for batch in [1, 8] {
+                let job = Job::Decode {
+                    model_dir: dir.clone(),
+                    batch,
+                    prompt: if cli.smoke { 4 } else { 32 },
+                    new_tokens: if cli.smoke { 2 } else { cli.decode_tokens },
+                    reps: if cli.smoke { 1 } else { 3 },
+                    warmup: 1,
+                };
+                jobs.push((name.clone(), job));
+            }
+        }
     }
     for (name, dir) in &models {
         for method in &cli.methods {
@@ -213,17 +241,19 @@ fn main() -> Result<()> {
     let mut results = Results {
         date: today(),
         machine: cpu_model(),
+        tag: cli.tag.clone(),
         threads: cli.threads,
         settings: serde_json::json!({
             "batch": cli.batch, "seq": cli.seq, "steps": cli.steps, "warmup": cli.warmup,
             "rank": cli.rank, "alpha": 2 * cli.rank, "seed": cli.seed, "dtype": "f32",
-            "device": cli.device, "optimizer": "AdamW lr 1e-4, grad-norm clip 1.0",
+            "device": cli.device, "reference_device": cli.reference_device, "optimizer": "AdamW lr 1e-4, grad-norm clip 1.0",
             "profile": if cfg!(debug_assertions) { "dev" } else { "release" },
             "smoke": cli.smoke,
         }),
         versions,
         gemm: None,
         pissa_init: Vec::new(),
+        decode: Vec::new(),
         train: Vec::new(),
         goals: Vec::new(),
     };
@@ -239,6 +269,19 @@ fn main() -> Result<()> {
                     shape: [*m, *k, *n],
                     ours_gflops: o,
                     reference_gflops: r,
+                });
+            }
+            Job::Decode {
+                batch, new_tokens, ..
+            } => {
+                let rate = |o: &Outcome| (batch * new_tokens) as f64 / median(&o.seconds);
+                results.decode.push(DecodeRow {
+                    model: name.clone(),
+                    batch: *batch,
+                    new_tokens: *new_tokens,
+                    ours_tokens_per_s: rate(ours),
+                    reference_tokens_per_s: theirs.as_ref().map(rate),
+                    same_ids: theirs.as_ref().map(|t| t.tokens == ours.tokens),
                 });
             }
             Job::PissaInit { niter, .. } => results.pissa_init.push(InitRow {
@@ -280,6 +323,7 @@ fn describe(job: &Job) -> String {
         Job::Train { method, .. } => method.to_string(),
         Job::Gemm { .. } => "GEMM".into(),
         Job::PissaInit { niter: 0, .. } => "PiSSA init (full SVD)".into(),
+        Job::Decode { batch, .. } => format!("greedy decoding, batch {batch}"),
         Job::PissaInit { niter, .. } => format!("PiSSA init (niter {niter})"),
     }
 }
@@ -290,6 +334,11 @@ fn model_dir(name: &str) -> Result<PathBuf> {
         "gpt2-small" => {
             let dir = PathBuf::from(".cache/bench/gpt2-small");
             weights::ensure_gpt2_small(&dir)?;
+            dir
+        }
+        "smollm2-shape" => {
+            let dir = PathBuf::from(".cache/bench/smollm2-shape");
+            weights::ensure_smollm2_shape(&dir)?;
             dir
         }
         "smollm2" => {
@@ -350,6 +399,8 @@ fn run_reference(cli: &Cli, job: &Job) -> Result<Outcome> {
         .arg(serde_json::to_string(job)?)
         .arg("--threads")
         .arg(cli.threads.to_string())
+        .arg("--device")
+        .arg(&cli.reference_device)
         .env("OMP_NUM_THREADS", cli.threads.to_string())
         .env("MKL_NUM_THREADS", cli.threads.to_string());
     collect(cmd, &format!("PEFT reference ({})", describe(job)))

@@ -68,6 +68,19 @@ pub struct InitRow {
     pub reference_s: Option<f64>,
 }
 
+/// A greedy-decoding row (KV cache, no stop token, the same prompts on both sides).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DecodeRow {
+    pub model: String,
+    pub batch: usize,
+    pub new_tokens: usize,
+    /// New tokens per second over all rows, at the median repetition.
+    pub ours_tokens_per_s: f64,
+    pub reference_tokens_per_s: Option<f64>,
+    /// Whether both sides generated the same ids.
+    pub same_ids: Option<bool>,
+}
+
 /// The GEMM ceiling of both sides.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GemmRow {
@@ -92,11 +105,17 @@ pub struct Goal {
 pub struct Results {
     pub date: String,
     pub machine: String,
+    /// Names the results file in place of the CPU vendor (e.g. the GPU of a `--device wgpu`
+    /// run: `scripts/gpu-check`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
     pub threads: usize,
     pub settings: serde_json::Value,
     pub versions: Vec<String>,
     pub gemm: Option<GemmRow>,
     pub pissa_init: Vec<InitRow>,
+    #[serde(default)]
+    pub decode: Vec<DecodeRow>,
     pub train: Vec<TrainRow>,
     pub goals: Vec<Goal>,
 }
@@ -127,7 +146,7 @@ impl Results {
             goal(
                 "GEMM GFLOP/s vs torch".into(),
                 true,
-                0.8,
+                0.95,
                 ratio(g.ours_gflops, r),
             );
         }
@@ -139,15 +158,17 @@ impl Results {
                     .iter()
                     .find(|r| r.model == model && r.method == m)
             };
-            if let Some(l) = row("lora")
-                && let Some(lr) = &l.reference
-            {
-                goal(
-                    format!("{model}: LoRA tokens/s vs PEFT"),
-                    true,
-                    1.1,
-                    ratio(l.ours.tokens_per_s, lr.tokens_per_s),
-                );
+            for (method, what) in [("lora", "LoRA (q,v)"), ("lora-all", "LoRA (all linear)")] {
+                if let Some(l) = row(method)
+                    && let Some(lr) = &l.reference
+                {
+                    goal(
+                        format!("{model}: {what} tokens/s vs PEFT"),
+                        true,
+                        1.2,
+                        ratio(l.ours.tokens_per_s, lr.tokens_per_s),
+                    );
+                }
             }
             for preset in ["balora-paper", "balora-iclr2026"] {
                 let (Some(l), Some(b)) = (row("lora"), row(preset)) else {
@@ -169,7 +190,7 @@ impl Results {
                     goal(
                         format!("{model}: {preset} tokens/s vs PEFT-based BA-LoRA"),
                         true,
-                        2.5,
+                        2.0,
                         ratio(b.ours.tokens_per_s, br.tokens_per_s),
                     );
                 }
@@ -185,6 +206,19 @@ impl Results {
                     false,
                     0.5,
                     ratio(init.ours_s, r),
+                );
+            }
+        }
+        for d in &self.decode {
+            if let Some(r) = d.reference_tokens_per_s {
+                goal(
+                    format!(
+                        "{}: greedy decoding (batch {}) tokens/s vs transformers",
+                        d.model, d.batch
+                    ),
+                    true,
+                    if d.batch == 1 { 1.2 } else { 1.0 },
+                    ratio(d.ours_tokens_per_s, r),
                 );
             }
         }
@@ -244,6 +278,30 @@ impl Results {
                 );
             }
         }
+        if !self.decode.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n| model | decoding | balora tok/s | transformers tok/s | ratio | same ids |"
+            );
+            let _ = writeln!(s, "|---|---|---|---|---|---|");
+            for d in &self.decode {
+                let _ = writeln!(
+                    s,
+                    "| {} | batch {}, {} new tokens | {:.1} | {} | {} | {} |",
+                    d.model,
+                    d.batch,
+                    d.new_tokens,
+                    d.ours_tokens_per_s,
+                    opt(d.reference_tokens_per_s, &|v| format!("{v:.1}")),
+                    opt(
+                        d.reference_tokens_per_s
+                            .map(|r| ratio(d.ours_tokens_per_s, r)),
+                        &|v| format!("{v:.2}×")
+                    ),
+                    d.same_ids.map_or("–", |e| if e { "yes" } else { "no" }),
+                );
+            }
+        }
         if let Some(g) = &self.gemm {
             let _ = writeln!(
                 s,
@@ -272,12 +330,16 @@ impl Results {
         s
     }
 
-    /// Write `<dir>/<date>.json` and `<dir>/<date>.png`.
     /// `<date>-<vendor>.json` and `.png` in `dir` (results are kept per CPU vendor: a ratio
-    /// measured on one vendor's machines says nothing of the other's); the JSON's path.
+    /// measured on one vendor's machines says nothing of the other's), or `<date>-<tag>.*`;
+    /// the JSON's path.
     pub fn write(&self, dir: &Path) -> Result<PathBuf> {
         std::fs::create_dir_all(dir)?;
-        let stem = format!("{}-{}", self.date, self.vendor());
+        let stem = format!(
+            "{}-{}",
+            self.date,
+            self.tag.as_deref().unwrap_or(self.vendor())
+        );
         let json = dir.join(format!("{stem}.json"));
         balora::io::fs::atomic_write(&json, serde_json::to_string_pretty(self)?.as_bytes())?;
         self.plot(&dir.join(format!("{stem}.png")))?;

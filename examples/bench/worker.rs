@@ -8,7 +8,7 @@ use balora::adapters::{AdapterSlots, LoraConfig, TargetModules, inject};
 use balora::auto::{Architecture, AutoCausalLm};
 use balora::burn::module::Module;
 use balora::burn::tensor::{DType, Device, Distribution, Tensor};
-use balora::model::CausalLm;
+use balora::model::{CausalLm, GenerationConfig};
 use balora::train::data::{Example, check_examples};
 use balora::train::metrics::{StepMetrics, StepTiming, peak_rss_mb, read_metrics};
 use balora::train::schedule::LrSchedule;
@@ -56,6 +56,31 @@ pub fn run(job: &Job, device: &Device) -> Result<Outcome> {
                 seconds: vec![seconds],
                 ..Outcome::default()
             }
+        }
+        Job::Decode {
+            model_dir,
+            batch,
+            prompt,
+            new_tokens,
+            reps,
+            warmup,
+        } => {
+            // inference: no autodiff graph, as evaluation runs it
+            let model = AutoCausalLm::from_pretrained(model_dir, device, DType::F32)?.valid();
+            let vocab = model.vocab_size();
+            let prompts: Vec<Vec<u32>> = (0..*batch)
+                .map(|b| (0..*prompt).map(|t| token(b, t, vocab)).collect())
+                .collect();
+            let config = GenerationConfig::greedy(*new_tokens, Vec::new());
+            let mut outcome = Outcome::default();
+            for rep in 0..warmup + reps {
+                let t0 = Instant::now();
+                outcome.tokens = model.generate_batch(&prompts, &config, 0)?;
+                if rep >= *warmup {
+                    outcome.seconds.push(t0.elapsed().as_secs_f64());
+                }
+            }
+            outcome
         }
     };
     outcome.peak_rss_mb = peak_rss_mb().unwrap_or(0.0);

@@ -131,6 +131,53 @@ pub fn generate(
     Ok(new)
 }
 
+/// [`generate`] for several prompts at once, as one batch: the prompts left-padded with
+/// `pad_id` ([`TokenBatch::left_padded`]), then one column per step in which each unfinished
+/// row feeds its last token and each finished row a masked pad. `next_logits(batch)` runs the
+/// model (with its KV cache, which must keep the key mask of the columns it has seen) and
+/// returns each row's logits at the batch's last column. Every row has its own [`Sampler`]
+/// seeded as [`generate`]'s, so a row's tokens are those of [`generate`] on its prompt alone
+/// (equal ids up to the float rounding of a different batch shape); returns the new tokens of
+/// each row, stop tokens included.
+pub fn generate_batch(
+    prompts: &[Vec<u32>],
+    config: &GenerationConfig,
+    pad_id: u32,
+    mut next_logits: impl FnMut(&TokenBatch) -> Result<Vec<Vec<f32>>, ModelError>,
+) -> Result<Vec<Vec<u32>>, ModelError> {
+    let mut samplers: Vec<Sampler> = prompts.iter().map(|_| Sampler::new(config)).collect();
+    let mut new: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
+    // a row is live while it may still take a token (an empty prompt, like `generate`'s, never is)
+    let mut live: Vec<bool> = prompts
+        .iter()
+        .map(|p| !p.is_empty() && config.max_new_tokens > 0)
+        .collect();
+    let mut batch = TokenBatch::left_padded(prompts, pad_id);
+    while live.contains(&true) {
+        let rows = next_logits(&batch)?;
+        let mut ids = vec![pad_id; prompts.len()];
+        let mut mask = vec![0u8; prompts.len()];
+        for (r, row) in rows.iter().enumerate() {
+            if !live[r] {
+                continue;
+            }
+            let token = samplers[r].next(row);
+            new[r].push(token);
+            live[r] = !samplers[r].is_stop(token) && new[r].len() < config.max_new_tokens;
+            if live[r] {
+                (ids[r], mask[r]) = (token, 1);
+            }
+        }
+        batch = TokenBatch {
+            input_ids: ids,
+            attention_mask: mask,
+            token_type_ids: None,
+            dims: [prompts.len(), 1],
+        };
+    }
+    Ok(new)
+}
+
 /// [`generate`] with any [`CausalLm`], re-running the whole sequence at every step (no KV
 /// cache: for models without one, and as the cache's reference).
 pub fn generate_uncached<M: CausalLm>(
@@ -153,9 +200,61 @@ pub fn last_row(logits: burn::tensor::Tensor<3>) -> Result<Vec<f32>, ModelError>
         .map_err(|e| ModelError::Readback(e.to_string()))
 }
 
+/// The logits of every row's last position of `[B, T, V]`, on the host.
+pub fn last_rows(logits: burn::tensor::Tensor<3>) -> Result<Vec<Vec<f32>>, ModelError> {
+    let [b, t, v] = logits.dims();
+    let flat = logits
+        .narrow(1, t - 1, 1)
+        .reshape([b * v])
+        .try_into_vec_as::<f32>()
+        .map_err(|e| ModelError::Readback(e.to_string()))?;
+    Ok(flat.chunks(v.max(1)).map(<[f32]>::to_vec).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fake model whose next token is `(last real token + 1) mod 5`, 4 the stop token.
+    #[test]
+    fn batched_rows_decode_as_they_would_alone() {
+        let config = GenerationConfig::greedy(6, vec![4]);
+        let logits_for = |last: u32| -> Vec<f32> {
+            let mut row = vec![0.0; 5];
+            row[((last + 1) % 5) as usize] = 1.0;
+            row
+        };
+        let prompts = vec![vec![1, 2], vec![3], vec![], vec![0, 0, 0]];
+        let mut calls = 0;
+        let batched = generate_batch(&prompts, &config, 9, |batch| {
+            calls += 1;
+            let [b, t] = batch.dims;
+            Ok((0..b)
+                .map(|r| {
+                    // padding and finished rows feed masked pads: never read as a token
+                    let m = batch.attention_mask[r * t + t - 1];
+                    logits_for(if m == 1 { batch.input_ids[r * t + t - 1] } else { 7 })
+                })
+                .collect())
+        })
+        .unwrap();
+        for (p, got) in prompts.iter().zip(&batched) {
+            let alone = generate(p, &config, |_, new| Ok(logits_for(*new.last().unwrap())));
+            assert_eq!(got, &alone.unwrap(), "prompt {p:?}");
+        }
+        assert_eq!(batched[0], vec![3, 4]);
+        assert_eq!(batched[2], Vec::<u32>::new());
+        assert_eq!(batched[3], vec![1, 2, 3, 4]);
+        // the longest row decides the number of steps
+        assert_eq!(calls, 4);
+    }
+
+    #[test]
+    fn left_padding_aligns_the_last_tokens() {
+        let b = TokenBatch::left_padded(&[vec![5, 6, 7], vec![8]], 0);
+        assert_eq!(b.input_ids, vec![5, 6, 7, 0, 0, 8]);
+        assert_eq!(b.attention_mask, vec![1, 1, 1, 0, 0, 1]);
+    }
 
     #[test]
     fn greedy_takes_the_argmax() {

@@ -119,6 +119,26 @@ impl TokenBatch {
         }
     }
 
+    /// Left-pad `sequences` with `pad_id` to the longest one: every row's last token sits in
+    /// the last column, where batched generation reads the next-token logits and appends.
+    pub fn left_padded(sequences: &[Vec<u32>], pad_id: u32) -> Self {
+        let b = sequences.len();
+        let t = sequences.iter().map(Vec::len).max().unwrap_or(0);
+        let mut input_ids = vec![pad_id; b * t];
+        let mut attention_mask = vec![0u8; b * t];
+        for (i, s) in sequences.iter().enumerate() {
+            let start = i * t + t - s.len();
+            input_ids[start..(i + 1) * t].copy_from_slice(s);
+            attention_mask[start..(i + 1) * t].fill(1);
+        }
+        Self {
+            input_ids,
+            attention_mask,
+            token_type_ids: None,
+            dims: [b, t],
+        }
+    }
+
     /// Batch size.
     pub fn batch_size(&self) -> usize {
         self.dims[0]

@@ -136,9 +136,19 @@ pub fn workspace_root() -> std::path::PathBuf {
         .expect("workspace root")
 }
 
-/// The committed fixtures directory `tests/fixtures/<rel>`.
+/// The device spec of the wgpu agreement tests: `$BALORA_TEST_GPU`, by default `wgpu:cpu`
+/// (Mesa's lavapipe in CI); `scripts/gpu-check` sets `wgpu`, the best adapter wgpu finds, to
+/// run the same tests on a real GPU (docs/gpu.md).
+pub fn gpu_spec() -> String {
+    std::env::var("BALORA_TEST_GPU").unwrap_or_else(|_| "wgpu:cpu".into())
+}
+
+/// The committed fixtures directory `tests/fixtures/<rel>`, under `$BALORA_REPO` when set: a
+/// test binary built on one machine finds the fixtures of a checkout elsewhere
+/// (`scripts/gpu-check` runs prebuilt binaries on a GPU machine, docs/gpu.md).
 pub fn fixture(rel: &str) -> std::path::PathBuf {
-    workspace_root().join("tests/fixtures").join(rel)
+    let root = std::env::var_os("BALORA_REPO").map_or_else(workspace_root, Into::into);
+    root.join("tests/fixtures").join(rel)
 }
 
 /// A real checkpoint or dataset prepared by `scripts/fetch-assets` (`$BALORA_ASSETS`, default

@@ -69,4 +69,20 @@ impl LlamaForCausalLM {
             }
         })
     }
+
+    /// [`generate`](Self::generate) for several prompts in one batch with the KV cache: the
+    /// prompts left-padded with `pad_id`, one column per step, each row stopping on its own
+    /// ([`generation::generate_batch`]). Each row's tokens are those of `generate` on its
+    /// prompt alone.
+    pub fn generate_batch(
+        &self,
+        prompts: &[Vec<u32>],
+        config: &GenerationConfig,
+        pad_id: u32,
+    ) -> Result<Vec<Vec<u32>>, ModelError> {
+        let mut cache = KvCache::default();
+        generation::generate_batch(prompts, config, pad_id, |batch| {
+            generation::last_rows(self.forward(batch, Some(&mut cache)))
+        })
+    }
 }

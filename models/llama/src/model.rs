@@ -37,14 +37,18 @@ pub struct LayerCache {
     v: Tensor<4>,
 }
 
-/// Per-layer key/value caches for incremental decoding.
+/// Per-layer key/value caches for incremental decoding, with the key mask of the cached
+/// columns (`[B, T_past]`: 1 real, 0 padding) so that left-padded batches and rows that feed
+/// masked pads after they finish (batched generation) keep their padding hidden and their
+/// positions counting real tokens only.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     layers: Vec<Option<LayerCache>>,
+    key_mask: Vec<u8>,
 }
 
 impl KvCache {
-    /// Tokens already cached.
+    /// Columns already cached (padding included).
     pub fn len(&self) -> usize {
         self.layers
             .first()
@@ -266,19 +270,40 @@ impl LlamaForCausalLM {
     /// Logits `[B, T, V]` for `batch`, optionally continuing from (and extending) `cache`.
     ///
     /// Positions count real tokens only (`cumsum(mask) − 1`, as transformers derives
-    /// `position_ids` from the attention mask), so left and right padding both work.
+    /// `position_ids` from the attention mask), so left and right padding both work, with and
+    /// without a cache.
+    ///
+    /// # Panics
+    ///
+    /// If `cache` holds a different number of rows than `batch`.
     pub fn forward(&self, batch: &TokenBatch, mut cache: Option<&mut KvCache>) -> Tensor<3> {
         let device = self.model.embed_tokens.weight.val().device();
         let cfg = self.config();
         let [b, t] = batch.dims;
         let past = cache.as_ref().map_or(0, |c| c.len());
-        // transformers: position_ids = cumsum(mask) − 1, padding filled with 1.
+        // The key mask of past + new columns, per row (the cache's columns first).
+        let past_mask = cache.as_ref().map_or(&[][..], |c| c.key_mask.as_slice());
+        assert_eq!(
+            past_mask.len(),
+            b * past,
+            "forward: a batch of {b} rows continues a cache of {} rows",
+            past_mask.len() / past.max(1)
+        );
+        let keys: Vec<u8> = (0..b)
+            .flat_map(move |r| {
+                let old = &past_mask[r * past..(r + 1) * past];
+                let new = &batch.attention_mask[r * t..(r + 1) * t];
+                old.iter().chain(new).copied()
+            })
+            .collect();
+        // transformers: position_ids = cumsum(mask) − 1 over past and new columns, padding
+        // filled with 1.
         let mut positions = Vec::with_capacity(b * t);
-        for row in batch.attention_mask.chunks(t.max(1)) {
-            let mut real = 0usize;
-            for &m in row {
+        for row in keys.chunks((past + t).max(1)) {
+            let mut real = row[..past].iter().filter(|&&m| m == 1).count();
+            for &m in &row[past..] {
                 real += usize::from(m == 1);
-                positions.push(if m == 1 { past + real - 1 } else { 1 });
+                positions.push(if m == 1 { real - 1 } else { 1 });
             }
         }
         let mut x = self.model.embed_tokens.forward(batch.ids(&device));
@@ -289,14 +314,12 @@ impl LlamaForCausalLM {
             x = x * scale.reshape([1, 1, 1]);
         }
         let (cos, sin) = Rope::new(cfg).tables(&positions, [b, t], &device, dtype);
-        // With a cache the key mask must cover past + new positions: decoding is done one
-        // unpadded sequence at a time, so only a fresh forward carries padding.
-        let padded = batch.has_padding() && past == 0;
+        let padded = keys.contains(&0);
         let ctx = Context {
             cos,
             sin,
             mask: AttentionMask {
-                key_padding: padded.then_some(batch.attention_mask.as_slice()),
+                key_padding: padded.then_some(keys.as_slice()),
                 causal: true,
                 window: cfg.window(),
                 query_offset: past,
@@ -310,6 +333,10 @@ impl LlamaForCausalLM {
         for (i, layer) in self.model.layers.iter().enumerate() {
             let slot = cache.as_mut().map(|c| &mut c.layers[i]);
             x = layer.forward(x, &ctx, slot);
+        }
+        drop(ctx);
+        if let Some(c) = cache {
+            c.key_mask = keys;
         }
         let x = self.model.norm.forward(x);
         match &self.lm_head {

@@ -108,6 +108,28 @@ fn tiny_gemma_greedy_generation_matches_transformers_with_and_without_cache() {
     );
 }
 
+/// One left-padded batch decodes each prompt as it decodes alone: prompts of different
+/// lengths (padding in the prompt forward and in the cache), one row stopping early on a stop
+/// token (masked pads fed after it), every Llama-family variant (Mistral's window included).
+#[test]
+fn batched_generation_equals_one_prompt_at_a_time() {
+    let prompts = vec![vec![5, 9, 17, 33, 2, 71, 8], vec![4], vec![40, 100, 3], vec![7; 5]];
+    for case in ["tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-gemma"] {
+        let dir = fixture(&format!("models/{case}"));
+        let model = LlamaForCausalLM::from_pretrained(&dir, &Device::flex(), DType::F32).unwrap();
+        let free = GenerationConfig::greedy(8, vec![]);
+        // the third token of row 1 alone becomes a stop token: that row ends early
+        let stop = model.generate(&prompts[1], &free, true).unwrap()[2];
+        let config = GenerationConfig::greedy(8, vec![stop]);
+        let batched = model.generate_batch(&prompts, &config, 0).unwrap();
+        for (i, p) in prompts.iter().enumerate() {
+            let alone = model.generate(p, &config, true).unwrap();
+            assert_eq!(batched[i], alone, "{case}, prompt {i}");
+        }
+        assert_eq!(batched[1].len(), 3, "{case}: row 1 stops at its stop token");
+    }
+}
+
 /// A peft LoRA adapter on every projection of the tiny Gemma (scripts/peft_fixtures.py) gives
 /// peft's logits.
 #[test]
@@ -249,6 +271,33 @@ fn smollm2_greedy_generation_matches_transformers_with_and_without_cache() {
         if i == 0 {
             let uncached = model.generate(&prompt, &config, false).unwrap();
             assert_eq!(uncached, want, "chat {i} (no cache)");
+        }
+    }
+}
+
+/// The three chat prompts in one left-padded batch give transformers' greedy ids, each row
+/// stopping at its own end-of-sequence token.
+#[test]
+fn smollm2_batched_greedy_generation_matches_transformers() {
+    let (model, _) = smollm2();
+    let file = reference();
+    let prompts: Vec<Vec<u32>> = (0..3)
+        .map(|i| ints(&file, &format!("gen_prompt.{i}")))
+        .collect();
+    let want: Vec<Vec<u32>> = (0..3)
+        .map(|i| ints(&file, &format!("gen_output.{i}")))
+        .collect();
+    let longest = want.iter().map(Vec::len).max().unwrap();
+    let config = GenerationConfig::greedy(longest, model.config().eos_ids());
+    let pad = model.config().pad_token_id.unwrap_or(0);
+    let got = model.generate_batch(&prompts, &config, pad).unwrap();
+    let eos = model.config().eos_ids();
+    for i in 0..3 {
+        if want[i].last().is_some_and(|t| eos.contains(t)) {
+            assert_eq!(got[i], want[i], "chat {i} (batched)");
+        } else {
+            // transformers stopped this row at its length: the batch decodes on past it
+            assert_eq!(got[i][..want[i].len()], want[i][..], "chat {i} (batched)");
         }
     }
 }
