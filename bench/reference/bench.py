@@ -217,6 +217,7 @@ def pissa_init(job):
 
 def decode(job):
     model = load(job["model_dir"]).eval()
+    model.generation_config.eos_token_id = None
     vocab = model.config.vocab_size
     ids = torch.tensor(
         [[token(b, t, vocab) for t in range(job["prompt"])] for b in range(job["batch"])],
@@ -228,13 +229,14 @@ def decode(job):
         sync()
         t0 = time.perf_counter()
         with torch.no_grad():
-            # exactly n greedy tokens: no stop token ends a row early
+            # exactly n greedy tokens: no stop token (min_new_tokens would instead forbid the
+            # end-of-sequence token, which balora's side may pick)
             out = model.generate(
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),
                 max_new_tokens=n,
-                min_new_tokens=n,
                 do_sample=False,
+                eos_token_id=None,
                 pad_token_id=0,
             )
         sync()

@@ -229,6 +229,16 @@ fn main() -> Result<()> {
         } else {
             None
         };
+        // one line per job, also where the bar is hidden (a log): a run cut short keeps them
+        let theirs_s = theirs.as_ref().map(|t| format!(", PEFT {:.3} s", median(&t.seconds)));
+        bar.suspend(|| {
+            eprintln!(
+                "{name} {}: balora {:.3} s{} (medians)",
+                describe(&job),
+                median(&ours.seconds),
+                theirs_s.unwrap_or_default()
+            );
+        });
         for v in std::iter::once(&ours.versions).chain(theirs.as_ref().map(|t| &t.versions)) {
             if !versions.contains(v) {
                 versions.push(v.clone());
