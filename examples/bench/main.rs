@@ -230,7 +230,9 @@ fn main() -> Result<()> {
             None
         };
         // one line per job, also where the bar is hidden (a log): a run cut short keeps them
-        let theirs_s = theirs.as_ref().map(|t| format!(", PEFT {:.3} s", median(&t.seconds)));
+        let theirs_s = theirs
+            .as_ref()
+            .map(|t| format!(", PEFT {:.3} s", median(&t.seconds)));
         bar.suspend(|| {
             eprintln!(
                 "{name} {}: balora {:.3} s{} (medians)",
@@ -258,6 +260,7 @@ fn main() -> Result<()> {
             "rank": cli.rank, "alpha": 2 * cli.rank, "seed": cli.seed, "dtype": "f32",
             "device": cli.device, "reference_device": cli.reference_device, "optimizer": "AdamW lr 1e-4, grad-norm clip 1.0",
             "profile": if cfg!(debug_assertions) { "dev" } else { "release" },
+            "gemm": balora::kernels::gemm_library(),
             "smoke": cli.smoke,
         }),
         versions,

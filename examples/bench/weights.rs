@@ -45,8 +45,16 @@ pub fn ensure_gpt2_small(dir: &Path) -> Result<()> {
         "eos_token_id": 50256
     });
     let mut t: Layout = vec![
-        ("transformer.wte.weight".into(), vec![VOCAB, D], Init::Normal),
-        ("transformer.wpe.weight".into(), vec![POSITIONS, D], Init::Normal),
+        (
+            "transformer.wte.weight".into(),
+            vec![VOCAB, D],
+            Init::Normal,
+        ),
+        (
+            "transformer.wpe.weight".into(),
+            vec![POSITIONS, D],
+            Init::Normal,
+        ),
     ];
     let norm = |t: &mut Layout, name: String| {
         t.push((format!("{name}.weight"), vec![D], Init::Filled(1.0)));
@@ -102,7 +110,11 @@ pub fn ensure_smollm2_shape(dir: &Path) -> Result<()> {
         "attention_bias": false,
         "mlp_bias": false
     });
-    let mut t: Layout = vec![("model.embed_tokens.weight".into(), vec![VOCAB, D], Init::Normal)];
+    let mut t: Layout = vec![(
+        "model.embed_tokens.weight".into(),
+        vec![VOCAB, D],
+        Init::Normal,
+    )];
     for i in 0..LAYERS {
         let p = format!("model.layers.{i}");
         for norm in ["input_layernorm", "post_attention_layernorm"] {

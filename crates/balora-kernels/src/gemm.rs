@@ -3,7 +3,8 @@
 //! The GEMM is faer's (its x86 kernels pick AVX-512 or AVX2 at run time). Measured here on the
 //! shapes of a LoRA step (2 cores, Zen 4, f32): faer's 512×768·768×3072 forward + backward runs
 //! at 182 GFLOP/s where the `gemm` crate behind flex's matmul reaches 77 (and 52 with its
-//! AVX-512 kernels), so the kernels call faer directly.
+//! AVX-512 kernels), so the kernels call faer directly. With the `mkl` feature, Intel CPUs
+//! take MKL's instead (`crate::mkl`: faster than faer there, slower on AMD).
 
 use burn::backend::flex::FlexTensor;
 
@@ -13,19 +14,38 @@ use crate::simd::Real;
 pub trait Scalar:
     Real + faer::traits::ComplexField + faer::traits::Conjugate<Canonical = Self>
 {
+    /// MKL's GEMM of this type.
+    #[cfg(feature = "mkl")]
+    const CBLAS: crate::mkl::CblasGemm<Self>;
 }
 
-impl Scalar for f32 {}
-impl Scalar for f64 {}
+impl Scalar for f32 {
+    #[cfg(feature = "mkl")]
+    const CBLAS: crate::mkl::CblasGemm<Self> = crate::mkl::cblas_sgemm;
+}
+impl Scalar for f64 {
+    #[cfg(feature = "mkl")]
+    const CBLAS: crate::mkl::CblasGemm<Self> = crate::mkl::cblas_dgemm;
+}
+
+/// The library behind the GEMM in this process: `"mkl"` (the `mkl` feature, on an Intel CPU or
+/// with `BALORA_GEMM=mkl`) or `"faer"`.
+pub fn gemm_library() -> &'static str {
+    #[cfg(feature = "mkl")]
+    if crate::mkl::preferred() {
+        return "mkl";
+    }
+    "faer"
+}
 
 /// A read-only strided view `rows × cols` (element strides) into a flex buffer.
 #[derive(Debug, Clone, Copy)]
 pub struct View<E> {
-    ptr: *const E,
+    pub(crate) ptr: *const E,
     pub rows: usize,
     pub cols: usize,
-    row_stride: isize,
-    col_stride: isize,
+    pub(crate) row_stride: isize,
+    pub(crate) col_stride: isize,
 }
 
 impl<E: Scalar> View<E> {
@@ -107,6 +127,10 @@ pub fn matmul_into<E: Scalar>(
     if m <= DOT_ROWS && lhs.col_stride == 1 && rhs.row_stride == 1 {
         return dot_rows(dst, accumulate, lhs, rhs, scale);
     }
+    #[cfg(feature = "mkl")]
+    if crate::mkl::preferred() && crate::mkl::matmul_into(dst, accumulate, lhs, rhs, scale) {
+        return;
+    }
     let accum = if accumulate {
         faer::Accum::Add
     } else {
@@ -129,16 +153,19 @@ pub fn matmul_into<E: Scalar>(
     }
 }
 
-/// Products with at most this many left rows (decoding: one token) are dot products.
-const DOT_ROWS: usize = 4;
+/// Products with at most this many left rows (decoding: one token per sequence of a batch) are
+/// dot products.
+const DOT_ROWS: usize = 16;
 
 /// `dst = (accumulate ? dst : 0) + scale·lhs·rhs` for a few contiguous left rows and a right
 /// operand whose columns are contiguous — `x·Wᵀ` with `W [out, in]` row-major, the decoding
-/// step of every linear layer. A memory-bound sweep over `W` with one dot product per output,
-/// split across threads by output: faer's matrix-vector path spends most of that time in
-/// iterator overhead (60 % of a generation profile).
+/// step of every linear layer. A memory-bound sweep over `W`, split across threads by output
+/// column: each column of `W` is read from memory once and used for every left row while it
+/// sits in L1. faer's matrix-vector path spends most of that time in iterator overhead (60 %
+/// of a generation profile), and its GEMM packs `W` for a handful of rows.
 fn dot_rows<E: Scalar>(dst: &mut [E], accumulate: bool, lhs: View<E>, rhs: View<E>, scale: f64) {
     use rayon::prelude::*;
+    const CHUNK: usize = 256;
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     // SAFETY: both views were checked against their buffers; rows of `lhs` and columns of
     // `rhs` are contiguous runs of k elements (unit strides checked by the caller).
@@ -148,16 +175,20 @@ fn dot_rows<E: Scalar>(dst: &mut [E], accumulate: bool, lhs: View<E>, rhs: View<
         })
         .collect();
     let cols = Cols(rhs.ptr as usize, rhs.col_stride, k);
+    let out = dst.as_mut_ptr() as usize;
     let s = E::from_f64(scale);
-    dst.par_chunks_mut(n).enumerate().for_each(|(i, out)| {
-        let x = xs[i];
-        out.par_chunks_mut(256).enumerate().for_each(|(c, chunk)| {
-            for (jj, d) in chunk.iter_mut().enumerate() {
-                let w = cols.get::<E>(c * 256 + jj);
+    (0..n.div_ceil(CHUNK)).into_par_iter().for_each(|c| {
+        for j in c * CHUNK..((c + 1) * CHUNK).min(n) {
+            let w = cols.get::<E>(j);
+            for (i, x) in xs.iter().enumerate() {
                 let v = crate::dispatch!(crate::rows::dot(x, w)) * s;
-                *d = if accumulate { *d + v } else { v };
+                // SAFETY: `dst` holds m·n elements and column j belongs to this chunk alone.
+                unsafe {
+                    let d = (out as *mut E).add(i * n + j);
+                    *d = if accumulate { *d + v } else { v };
+                }
             }
-        });
+        }
     });
 }
 

@@ -22,12 +22,15 @@ mod activation;
 mod flex;
 mod gemm;
 mod linear;
+#[cfg(feature = "mkl")]
+mod mkl;
 mod precision;
 mod rows;
 mod simd;
 mod vocab;
 
 pub use activation::{Activation, activation, activation_composed, gelu, gelu_composed};
+pub use gemm::gemm_library;
 pub use linear::{LowRank, gram, lora_linear, lora_linear_composed, matmul};
 pub use precision::training_dtype;
 pub use vocab::{VocabTermsConfig, gram_matrices, vocab_terms, vocab_terms_composed};

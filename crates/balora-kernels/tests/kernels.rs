@@ -428,16 +428,17 @@ fn fused_gram_matches_the_composition_and_finite_differences() {
 
 #[test]
 fn one_row_products_take_the_dot_path_and_agree() {
-    // decoding: x [1, in] · Wᵀ with W [out, in] row-major, in f64 and f32, with accumulation
-    for rows in [1, 3] {
+    // decoding: x [rows, in] · Wᵀ with W [out, in] row-major, in f64 and f32, with accumulation;
+    // a batch of 16 sequences is still the dot path, and 300 outputs span two column chunks
+    for (rows, out) in [(1, 19), (3, 19), (16, 300)] {
         let x = t64([rows, 37], 21);
-        let w = t64([19, 37], 22);
-        let fused = lora_linear(x.clone(), w.clone(), Some(t64([19], 23)), None);
-        let composed = lora_linear_composed(x.clone(), w.clone(), Some(t64([19], 23)), None);
+        let w = t64([out, 37], 22);
+        let fused = lora_linear(x.clone(), w.clone(), Some(t64([out], 23)), None);
+        let composed = lora_linear_composed(x.clone(), w.clone(), Some(t64([out], 23)), None);
         assert!(max_abs_diff(fused, composed.clone()) < 1e-13);
         let x32 = tensor32(&values(x), [rows, 37], &f64_device());
-        let w32 = tensor32(&values(w), [19, 37], &f64_device());
-        let b32 = tensor32(&values(t64([19], 23)), [19], &f64_device());
+        let w32 = tensor32(&values(w), [out, 37], &f64_device());
+        let b32 = tensor32(&values(t64([out], 23)), [out], &f64_device());
         for (a, b) in values(lora_linear(x32, w32, Some(b32), None))
             .iter()
             .zip(values(composed))

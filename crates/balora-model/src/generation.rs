@@ -233,7 +233,11 @@ mod tests {
                 .map(|r| {
                     // padding and finished rows feed masked pads: never read as a token
                     let m = batch.attention_mask[r * t + t - 1];
-                    logits_for(if m == 1 { batch.input_ids[r * t + t - 1] } else { 7 })
+                    logits_for(if m == 1 {
+                        batch.input_ids[r * t + t - 1]
+                    } else {
+                        7
+                    })
                 })
                 .collect())
         })

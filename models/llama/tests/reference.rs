@@ -113,7 +113,12 @@ fn tiny_gemma_greedy_generation_matches_transformers_with_and_without_cache() {
 /// token (masked pads fed after it), every Llama-family variant (Mistral's window included).
 #[test]
 fn batched_generation_equals_one_prompt_at_a_time() {
-    let prompts = vec![vec![5, 9, 17, 33, 2, 71, 8], vec![4], vec![40, 100, 3], vec![7; 5]];
+    let prompts = vec![
+        vec![5, 9, 17, 33, 2, 71, 8],
+        vec![4],
+        vec![40, 100, 3],
+        vec![7; 5],
+    ];
     for case in ["tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-gemma"] {
         let dir = fixture(&format!("models/{case}"));
         let model = LlamaForCausalLM::from_pretrained(&dir, &Device::flex(), DType::F32).unwrap();
