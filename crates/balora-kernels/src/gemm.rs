@@ -161,7 +161,8 @@ const DOT_ROWS: usize = 16;
 /// operand whose columns are contiguous — `x·Wᵀ` with `W [out, in]` row-major, the decoding
 /// step of every linear layer. A memory-bound sweep over `W`, split across threads by output
 /// column: each column of `W` is read from memory once and used for every left row while it
-/// sits in L1. faer's matrix-vector path spends most of that time in iterator overhead (60 %
+/// sits in L1, four rows sharing each of its loads (`rows::dots`, which sums a row in the same
+/// order whatever its group, so a batch decodes each row as it decodes alone). faer's matrix-vector path spends most of that time in iterator overhead (60 %
 /// of a generation profile), and its GEMM packs `W` for a handful of rows.
 fn dot_rows<E: Scalar>(dst: &mut [E], accumulate: bool, lhs: View<E>, rhs: View<E>, scale: f64) {
     use rayon::prelude::*;
@@ -175,21 +176,48 @@ fn dot_rows<E: Scalar>(dst: &mut [E], accumulate: bool, lhs: View<E>, rhs: View<
         })
         .collect();
     let cols = Cols(rhs.ptr as usize, rhs.col_stride, k);
-    let out = dst.as_mut_ptr() as usize;
-    let s = E::from_f64(scale);
+    let out = Out(dst.as_mut_ptr() as usize, n, accumulate, E::from_f64(scale));
     (0..n.div_ceil(CHUNK)).into_par_iter().for_each(|c| {
-        for j in c * CHUNK..((c + 1) * CHUNK).min(n) {
-            let w = cols.get::<E>(j);
-            for (i, x) in xs.iter().enumerate() {
-                let v = crate::dispatch!(crate::rows::dot(x, w)) * s;
-                // SAFETY: `dst` holds m·n elements and column j belongs to this chunk alone.
-                unsafe {
-                    let d = (out as *mut E).add(i * n + j);
-                    *d = if accumulate { *d + v } else { v };
+        let range = c * CHUNK..((c + 1) * CHUNK).min(n);
+        crate::dispatch!(sweep(&xs, cols, range.clone(), out));
+    });
+}
+
+/// Columns `range` of [`dot_rows`]: every column of `W` loaded once per group of four rows.
+#[inline(always)]
+fn sweep<E: Scalar>(xs: &[&[E]], cols: Cols, range: std::ops::Range<usize>, out: Out<E>) {
+    for j in range {
+        let w = cols.get::<E>(j);
+        let mut i = 0;
+        for group in xs.chunks(4) {
+            if let &[a, b, c, d] = group {
+                for (r, v) in crate::rows::dots([a, b, c, d], w).into_iter().enumerate() {
+                    out.put(i + r, j, v);
+                }
+            } else {
+                for (r, &x) in group.iter().enumerate() {
+                    out.put(i + r, j, crate::rows::dots([x], w)[0]);
                 }
             }
+            i += group.len();
         }
-    });
+    }
+}
+
+/// The destination of [`dot_rows`] as plain data: address, row length, accumulate, scale.
+#[derive(Clone, Copy)]
+struct Out<E>(usize, usize, bool, E);
+
+impl<E: Scalar> Out<E> {
+    /// `dst[i, j] = (accumulate ? dst[i, j] : 0) + scale·v`.
+    #[inline(always)]
+    fn put(&self, i: usize, j: usize, v: E) {
+        // SAFETY: `dst` holds m·n elements and column j belongs to one chunk, one thread.
+        unsafe {
+            let d = (self.0 as *mut E).add(i * self.1 + j);
+            *d = if self.2 { *d + v * self.3 } else { v * self.3 };
+        }
+    }
 }
 
 /// The columns of a right operand as plain data (`Send`, unlike a raw pointer).

@@ -38,6 +38,8 @@ pub type CblasGemm<E> = unsafe extern "C" fn(
     c_int,
 );
 
+// BLAS's own signatures
+#[allow(clippy::too_many_arguments)]
 unsafe extern "C" {
     /// BLAS `C = α·op(A)·op(B) + β·C`.
     pub fn cblas_sgemm(

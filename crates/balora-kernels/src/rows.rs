@@ -173,6 +173,36 @@ pub fn dot<E: Real>(a: &[E], b: &[E]) -> E {
     s
 }
 
+/// `R` dot products `Σ_j x_r,j·w_j` sharing every load of `w`, each summed in exactly the
+/// order of [`dot`] (lane accumulators, then the tail, then the lanes), so a row gives the
+/// same bits whichever group it is computed in.
+#[inline(always)]
+pub fn dots<E: Real, const R: usize>(xs: [&[E]; R], w: &[E]) -> [E; R] {
+    let mut acc = [[E::ZERO; LANES]; R];
+    let full = w.len() / LANES * LANES;
+    for c in (0..full).step_by(LANES) {
+        let wv: &[E; LANES] = w[c..c + LANES].try_into().expect("a chunk of LANES");
+        for (a, x) in acc.iter_mut().zip(xs) {
+            let xv: &[E; LANES] = x[c..c + LANES].try_into().expect("a chunk of LANES");
+            for ((a, &u), &v) in a.iter_mut().zip(xv).zip(wv) {
+                *a += u * v;
+            }
+        }
+    }
+    let mut out = [E::ZERO; R];
+    for ((o, a), x) in out.iter_mut().zip(acc).zip(xs) {
+        let mut s = E::ZERO;
+        for (&u, &v) in x[full..].iter().zip(&w[full..]) {
+            s += u * v;
+        }
+        for v in a {
+            s += v;
+        }
+        *o = s;
+    }
+    out
+}
+
 /// `log Σ_j exp(z_j / τ)`, computed as `m/τ + ln Σ exp((z_j − m)/τ)`.
 #[inline(always)]
 pub fn row_lse<E: Real>(z: &[E], inv_tau: E) -> E {
