@@ -149,33 +149,9 @@ fn kl_cross<E: Real>(t: &[E], z: &[E], s: E, lse_t: E) -> E {
     sum
 }
 
-/// `Σ_j a_j·b_j` with lane accumulators.
-#[inline(always)]
-pub fn dot<E: Real>(a: &[E], b: &[E]) -> E {
-    let mut acc = [E::ZERO; LANES];
-    let ca = a.chunks_exact(LANES);
-    let cb = b.chunks_exact(LANES);
-    let (ta, tb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        let x: &[E; LANES] = x.try_into().expect("a chunk of LANES");
-        let y: &[E; LANES] = y.try_into().expect("a chunk of LANES");
-        for ((a, &u), &v) in acc.iter_mut().zip(x).zip(y) {
-            *a += u * v;
-        }
-    }
-    let mut s = E::ZERO;
-    for (&u, &v) in ta.iter().zip(tb) {
-        s += u * v;
-    }
-    for v in acc {
-        s += v;
-    }
-    s
-}
-
-/// `R` dot products `Σ_j x_r,j·w_j` sharing every load of `w`, each summed in exactly the
-/// order of [`dot`] (lane accumulators, then the tail, then the lanes), so a row gives the
-/// same bits whichever group it is computed in.
+/// `R` dot products `Σ_j x_r,j·w_j` sharing every load of `w`, each summed in one fixed order
+/// (lane accumulators, then the tail, then the lanes), so a row gives the same bits whichever
+/// group it is computed in.
 #[inline(always)]
 pub fn dots<E: Real, const R: usize>(xs: [&[E]; R], w: &[E]) -> [E; R] {
     let mut acc = [[E::ZERO; LANES]; R];
