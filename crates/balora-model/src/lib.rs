@@ -103,33 +103,24 @@ pub struct TokenBatch {
 impl TokenBatch {
     /// Right-pad `sequences` with `pad_id` to the longest one.
     pub fn right_padded(sequences: &[Vec<u32>], pad_id: u32) -> Self {
-        let b = sequences.len();
-        let t = sequences.iter().map(Vec::len).max().unwrap_or(0);
-        let mut input_ids = vec![pad_id; b * t];
-        let mut attention_mask = vec![0u8; b * t];
-        for (i, s) in sequences.iter().enumerate() {
-            input_ids[i * t..i * t + s.len()].copy_from_slice(s);
-            attention_mask[i * t..i * t + s.len()].fill(1);
-        }
-        Self {
-            input_ids,
-            attention_mask,
-            token_type_ids: None,
-            dims: [b, t],
-        }
+        Self::padded(sequences, pad_id, false)
     }
 
     /// Left-pad `sequences` with `pad_id` to the longest one: every row's last token sits in
     /// the last column, where batched generation reads the next-token logits and appends.
     pub fn left_padded(sequences: &[Vec<u32>], pad_id: u32) -> Self {
+        Self::padded(sequences, pad_id, true)
+    }
+
+    fn padded(sequences: &[Vec<u32>], pad_id: u32, left: bool) -> Self {
         let b = sequences.len();
         let t = sequences.iter().map(Vec::len).max().unwrap_or(0);
         let mut input_ids = vec![pad_id; b * t];
         let mut attention_mask = vec![0u8; b * t];
         for (i, s) in sequences.iter().enumerate() {
-            let start = i * t + t - s.len();
-            input_ids[start..(i + 1) * t].copy_from_slice(s);
-            attention_mask[start..(i + 1) * t].fill(1);
+            let start = i * t + if left { t - s.len() } else { 0 };
+            input_ids[start..start + s.len()].copy_from_slice(s);
+            attention_mask[start..start + s.len()].fill(1);
         }
         Self {
             input_ids,
