@@ -48,7 +48,7 @@ fn main() -> Result<()> {
         config.base.max_steps = Some(1);
         config.base.train_limit = Some(64);
         config.base.eval_limit = Some(16);
-        config.output = PathBuf::from("target/smoke/experiment");
+        config.output = PathBuf::from("target/smoke/experiment").join(&config.name);
     }
     let mut run = |c: &balora::finetune::FinetuneConfig| finetune(c, &mut |_| {});
     let report = Experiment::new(&config, &mut run, &mut |line| println!("{line}")).run()?;

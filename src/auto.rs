@@ -355,6 +355,13 @@ impl SequenceClassifier for AutoSequenceClassifier {
         }
     }
 
+    fn pooled(&self, batch: &TokenBatch) -> Tensor<2> {
+        match self {
+            Self::Bert(m) => m.pooled(batch),
+            Self::Deberta(m) => m.pooled(batch),
+        }
+    }
+
     fn num_labels(&self) -> usize {
         match self {
             Self::Bert(m) => m.num_labels(),

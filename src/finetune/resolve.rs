@@ -71,6 +71,15 @@ impl FinetuneConfig {
                  pretrained teacher)",
             ));
         }
+        if self.task != TaskKind::Nlu
+            && let Some(path) = &self.features_to
+        {
+            return Err(setting(
+                "features_to",
+                path.display(),
+                "pooled features are a classifier's: task = nlu",
+            ));
+        }
         let mut method = Method::new(self.method, task, self.pissa_niter, self.preset)?;
         if let Some(r) = method.regularizers_mut() {
             r.lambda_consistency = self.lambda_consistency.unwrap_or(r.lambda_consistency);

@@ -183,8 +183,11 @@ pub trait CausalLm: Module + AdapterSlots {
 
 /// A sequence classifier (or regressor, with one output) with adapter slots.
 pub trait SequenceClassifier: Module + AdapterSlots {
-    /// Class logits `[B, C]`.
+    /// Class logits `[B, C]`: the head applied to [`pooled`](Self::pooled).
     fn logits(&self, batch: &TokenBatch) -> Tensor<2>;
+    /// The pooled vector `[B, d]` the classification head reads — the features whose spread
+    /// BA-LoRA's diversity term acts on, drawn by the experiments' feature picture.
+    fn pooled(&self, batch: &TokenBatch) -> Tensor<2>;
     /// Number of outputs C.
     fn num_labels(&self) -> usize;
     /// Token ids must be below this (the rows of the word embeddings).

@@ -407,13 +407,17 @@ impl AdapterSlots for BertForSequenceClassification {
 
 impl SequenceClassifier for BertForSequenceClassification {
     fn logits(&self, batch: &TokenBatch) -> Tensor<2> {
+        self.classifier.forward(self.pooled(batch))
+    }
+
+    fn pooled(&self, batch: &TokenBatch) -> Tensor<2> {
+        // RoBERTa's head holds its own dense + tanh over h_CLS; BERT's reads the pooler's
         let head_pooling = if self.config().is_roberta() {
             Pooling::Cls
         } else {
             Pooling::Pooler
         };
-        let h = self.hidden_states(batch);
-        self.classifier.forward(self.pool(h, batch, head_pooling))
+        self.pool(self.hidden_states(batch), batch, head_pooling)
     }
 
     fn num_labels(&self) -> usize {

@@ -422,6 +422,10 @@ impl SequenceClassifier for DebertaV2ForSequenceClassification {
         self.classifier.forward(self.features(batch))
     }
 
+    fn pooled(&self, batch: &TokenBatch) -> Tensor<2> {
+        self.features(batch)
+    }
+
     fn num_labels(&self) -> usize {
         self.classifier.outputs()
     }
