@@ -42,7 +42,7 @@ fn main() -> Result<()> {
     };
     let mut config = ExperimentConfig::read(&path)?;
     if o.smoke {
-        config.methods = vec![MethodName::Lora, MethodName::Balora];
+        config.methods = vec![MethodName::Lora.into(), MethodName::Balora.into()];
         config.seeds = vec![1, 2];
         config.learning_rates.truncate(1);
         config.base.max_steps = Some(1);

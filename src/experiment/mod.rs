@@ -10,6 +10,7 @@
 
 mod data;
 mod features;
+mod method;
 #[cfg(feature = "plot")]
 mod plot;
 mod stats;
@@ -28,6 +29,7 @@ use balora_io::fs::{read_json, write_json};
 
 pub use data::{DataSummary, PreparedData, TrainingData, carve_validation, prepare};
 pub use features::{FeatureSpread, PooledFeatures, pca_2d, silhouette};
+pub use method::GridMethod;
 pub use stats::Summary;
 
 /// A grid over one task.
@@ -38,8 +40,8 @@ pub struct ExperimentConfig {
     pub name: String,
     /// Every run's settings but the method, seed, learning rate, data and output.
     pub base: FinetuneConfig,
-    /// The methods compared.
-    pub methods: Vec<MethodName>,
+    /// The methods compared (`balora-iclr2026`: BA-LoRA with that preset).
+    pub methods: Vec<GridMethod>,
     /// The seeds of the final runs (the first one also seeds the learning-rate selection).
     pub seeds: Vec<u64>,
     /// The learning rates tried per method on the validation split.
@@ -57,7 +59,7 @@ pub struct ExperimentConfig {
     /// Methods whose pooled features of the first evaluation set (first seed's final run) are
     /// drawn side by side in `features.png` by PCA, each with its silhouette score (NLU).
     #[serde(default)]
-    pub feature_picture: Vec<MethodName>,
+    pub feature_picture: Vec<GridMethod>,
     /// Where everything goes.
     pub output: PathBuf,
 }
@@ -72,7 +74,7 @@ pub struct RunSpec {
     /// `select` (learning-rate choice) or `final`.
     pub phase: Phase,
     /// The method.
-    pub method: MethodName,
+    pub method: GridMethod,
     /// The seed.
     pub seed: u64,
     /// The learning rate.
@@ -258,7 +260,7 @@ impl ExperimentConfig {
                     dir: self
                         .output
                         .join("select")
-                        .join(method.as_str())
+                        .join(method.to_string())
                         .join(lr_dir(lr)),
                 });
             }
@@ -270,7 +272,7 @@ impl ExperimentConfig {
     pub fn final_runs(&self, chosen: &BTreeMap<String, f64>) -> Vec<RunSpec> {
         let mut runs = Vec::new();
         for &method in &self.methods {
-            let lr = chosen[method.as_str()];
+            let lr = chosen[&method.to_string()];
             for &seed in &self.seeds {
                 runs.push(RunSpec {
                     phase: Phase::Final,
@@ -280,7 +282,7 @@ impl ExperimentConfig {
                     dir: self
                         .output
                         .join("runs")
-                        .join(method.as_str())
+                        .join(method.to_string())
                         .join(format!("seed-{seed}")),
                 });
             }
@@ -291,7 +293,8 @@ impl ExperimentConfig {
     /// The run's settings: the base with the spec's method, seed, rate and data.
     fn run_config(&self, spec: &RunSpec, train: &Path, eval: &Path) -> FinetuneConfig {
         FinetuneConfig {
-            method: spec.method,
+            method: spec.method.method,
+            preset: spec.method.preset.unwrap_or(self.base.preset),
             seed: spec.seed,
             lr: Some(spec.lr),
             train: Some(train.to_path_buf()),
@@ -406,7 +409,7 @@ impl<'a> Experiment<'a> {
         for spec in c.selection_runs() {
             let report = self.one(&spec, c.run_config(&spec, &train, &validation))?;
             validation_scores
-                .entry(spec.method.as_str().into())
+                .entry(spec.method.to_string())
                 .or_default()
                 .push((spec.lr, selection_score(&report.eval_after)));
         }
@@ -440,10 +443,10 @@ impl<'a> Experiment<'a> {
                 if metrics.is_file() {
                     let steps: Vec<balora_train::metrics::StepMetrics> =
                         balora_train::metrics::read_metrics(&metrics)?;
-                    curves.push((spec.method.as_str().to_string(), steps));
+                    curves.push((spec.method.to_string(), steps));
                 }
             }
-            let by_set = scores.entry(spec.method.as_str().into()).or_default();
+            let by_set = scores.entry(spec.method.to_string()).or_default();
             by_set
                 .entry(first_name.clone())
                 .or_default()
@@ -458,7 +461,7 @@ impl<'a> Experiment<'a> {
         for spec in c.final_runs(&chosen) {
             if spec.seed == c.seeds[0] && c.feature_picture.contains(&spec.method) {
                 let f = saved_features(&mut *self.run, c, &spec, &train, first_name, first_set)?;
-                pictures.push((spec.method.as_str().to_string(), f));
+                pictures.push((spec.method.to_string(), f));
             }
         }
         let mut spreads = Vec::new();
@@ -695,7 +698,7 @@ mod tests {
                 train: Some(train),
                 ..FinetuneConfig::default()
             },
-            methods: vec![MethodName::Lora, MethodName::Pissa],
+            methods: vec![MethodName::Lora.into(), MethodName::Pissa.into()],
             seeds: vec![1, 2, 3],
             learning_rates: vec![1e-4, 1e-3],
             validation_fraction: 0.25,
@@ -778,6 +781,25 @@ mod tests {
     }
 
     #[test]
+    fn a_preset_method_runs_balora_with_that_preset() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path());
+        c.methods = vec![
+            "balora".parse().unwrap(),
+            "balora-iclr2026".parse().unwrap(),
+        ];
+        let runs = c.selection_runs();
+        assert!(runs[2].dir.ends_with("select/balora-iclr2026/lr-1e-4"));
+        let (t, e) = (Path::new("train.jsonl"), Path::new("eval.jsonl"));
+        let preset = c.run_config(&runs[2], t, e);
+        assert_eq!(
+            (preset.method, preset.preset),
+            (MethodName::Balora, crate::finetune::Preset::Iclr2026)
+        );
+        assert_eq!(c.run_config(&runs[0], t, e).preset, c.base.preset);
+    }
+
+    #[test]
     fn every_committed_suite_reads() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/suites");
         let mut n = 0;
@@ -800,7 +822,7 @@ mod tests {
             edit(&mut c);
             c.check().unwrap_err().to_string()
         };
-        let e = refused(&|c| c.feature_picture = vec![MethodName::Balora]);
+        let e = refused(&|c| c.feature_picture = vec![MethodName::Balora.into()]);
         assert!(e.contains("feature_picture names balora"), "{e}");
         let e = refused(&|c| c.training_data.label_noise = 1.5);
         assert!(e.contains("label_noise"), "{e}");
@@ -827,7 +849,7 @@ mod tests {
         let chosen = BTreeMap::from([("lora".into(), 1e-3), ("pissa".into(), 1e-4)]);
         let fin = c.final_runs(&chosen);
         assert_eq!(fin.len(), 2 * 3);
-        assert!(fin.iter().all(|r| r.lr == chosen[r.method.as_str()]));
+        assert!(fin.iter().all(|r| r.lr == chosen[&r.method.to_string()]));
         let mut dirs: Vec<_> = select.iter().chain(&fin).map(|r| r.dir.clone()).collect();
         dirs.sort();
         dirs.dedup();
@@ -855,7 +877,7 @@ mod tests {
     fn rates_are_chosen_on_validation_only_and_finished_runs_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = config(dir.path());
-        c.feature_picture = vec![MethodName::Lora, MethodName::Pissa];
+        c.feature_picture = vec![MethodName::Lora.into(), MethodName::Pissa.into()];
         let tests: Vec<PathBuf> = c.eval_sets.values().cloned().collect();
         let mut calls: Vec<FinetuneConfig> = Vec::new();
         let mut record = |cfg: &FinetuneConfig| {
