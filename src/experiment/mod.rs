@@ -21,9 +21,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::finetune::{
-    FinetuneConfig, FinetuneError, FinetuneReport, MethodName, SUMMARY, Scores, TaskKind,
-};
+use crate::finetune::{FinetuneConfig, FinetuneError, FinetuneReport, SUMMARY, Scores, TaskKind};
 use balora_io::IoError;
 use balora_io::fs::{read_json, write_json};
 
@@ -683,6 +681,7 @@ impl ExperimentReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::finetune::MethodName;
 
     fn config(dir: &Path) -> ExperimentConfig {
         let train = dir.join("train.jsonl");
