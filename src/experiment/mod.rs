@@ -301,6 +301,7 @@ impl ExperimentConfig {
             // an interrupted run continues from its checkpoint
             resume: true,
             eval_only: None,
+            eval_before: spec.phase == Phase::Final,
             merge_to: None,
             features_to: None,
             ..self.base.clone()
@@ -892,6 +893,9 @@ mod tests {
             assert!(!tests.contains(cfg.eval.as_ref().unwrap()));
         }
         assert!(calls.iter().all(|cfg| cfg.train != c.base.train));
+        // a selection run's "before" is never reported: it is not computed
+        assert!(calls[..4].iter().all(|cfg| !cfg.eval_before));
+        assert!(calls[4..].iter().all(|cfg| cfg.eval_before));
         assert_eq!(report.chosen_lr["lora"], 1e-3);
         assert_eq!(report.chosen_lr["pissa"], 1e-4);
         // final: 2 methods × 3 seeds, each scored on both sets; the features of each method's

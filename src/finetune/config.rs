@@ -193,6 +193,9 @@ pub struct FinetuneConfig {
     pub resume: bool,
     /// Only evaluate this saved adapter directory.
     pub eval_only: Option<PathBuf>,
+    /// Score the model before training too (`summary.json`'s `eval_before`); an experiment's
+    /// learning-rate selection runs skip it, their "before" is never reported.
+    pub eval_before: bool,
     /// Also write a full Hugging Face checkpoint with the adapter merged into the weights.
     pub merge_to: Option<PathBuf>,
     /// Also write the pooled features the head reads for every evaluated example, with the
@@ -244,6 +247,7 @@ impl Default for FinetuneConfig {
             output: None,
             resume: false,
             eval_only: None,
+            eval_before: true,
             merge_to: None,
             features_to: None,
         }

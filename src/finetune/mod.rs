@@ -470,8 +470,10 @@ impl<'a> Run<'a> {
         };
         let cfg = self.adapter_config()?;
         let lc = self.config.loop_config(examples.len(), 2e-4, 4);
-        let before = evaluate(&base)?;
-        notes(&format!("before fine-tuning: {before} ({n_eval} problems)"));
+        let before = c.eval_before.then(|| evaluate(&base)).transpose()?;
+        if let Some(before) = &before {
+            notes(&format!("before fine-tuning: {before} ({n_eval} problems)"));
+        }
         let t0 = Instant::now();
         let (model, report) = inject(base, &cfg)?;
         notes(&self.adapted_note(&report, t0.elapsed().as_secs_f64()));
@@ -484,7 +486,7 @@ impl<'a> Run<'a> {
             adapter: Some((&cfg, &report, TaskType::CausalLm)),
             summary: Some(&summary),
             eval_examples: n_eval,
-            before: Some(before),
+            before,
             after: evaluate(&model)?,
             merge: MergeOptions::default(),
         };
@@ -551,8 +553,10 @@ impl<'a> Run<'a> {
         }
         let cfg = self.adapter_config()?;
         let lc = self.config.loop_config(examples.len(), 5e-4, 16);
-        let before = evaluate(&base);
-        notes(&format!("before fine-tuning: {before}"));
+        let before = c.eval_before.then(|| evaluate(&base));
+        if let Some(before) = &before {
+            notes(&format!("before fine-tuning: {before}"));
+        }
         let t0 = Instant::now();
         let (model, report) = inject(base, &cfg)?;
         notes(&self.adapted_note(&report, t0.elapsed().as_secs_f64()));
@@ -563,7 +567,7 @@ impl<'a> Run<'a> {
             adapter: Some((&cfg, &report, TaskType::SeqCls)),
             summary: Some(&summary),
             eval_examples: n_eval,
-            before: Some(before),
+            before,
             after: evaluate(&model),
             merge,
         };
