@@ -5,6 +5,7 @@
 //! cargo run --release --example experiment -- --suite nlu-sentiment   # bench/suites/*.toml
 //! cargo run --release --example experiment -- --config grid.toml
 //! cargo run --example experiment -- --suite nlu-sentiment --smoke     # 2 × 2 × 1 step (CI)
+//! cargo run --example experiment -- --render bench/results/experiments/nlu-sentiment-intel
 //! ```
 //!
 //! Writes `summary.json`, `summary.md` and `scores.png` in the grid's output folder; rerunning
@@ -13,7 +14,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use balora::experiment::{Experiment, ExperimentConfig};
+use balora::experiment::{Experiment, ExperimentConfig, ExperimentReport};
 use balora::finetune::{MethodName, finetune};
 use clap::Parser;
 
@@ -30,11 +31,20 @@ struct Options {
     /// Two methods × two seeds × one learning rate, one step each, on a few examples (CI).
     #[arg(long)]
     smoke: bool,
+    /// Redraw `scores.png` of a finished grid's folder (its `summary.json`) and print its table.
+    #[arg(long, conflicts_with_all = ["suite", "config", "smoke"])]
+    render: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
     balora::alloc::keep_freed_memory();
     let o = Options::parse();
+    if let Some(dir) = &o.render {
+        let report = ExperimentReport::read(&dir.join("summary.json"))?;
+        report.draw_scores(&dir.join("scores.png"))?;
+        println!("{}", report.markdown());
+        return Ok(());
+    }
     let path = match (&o.suite, &o.config) {
         (Some(suite), _) => PathBuf::from(format!("bench/suites/{suite}.toml")),
         (None, Some(path)) => path.clone(),

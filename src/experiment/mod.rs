@@ -412,6 +412,7 @@ impl<'a> Experiment<'a> {
                 .or_default()
                 .push((spec.lr, selection_score(&report.eval_after)));
         }
+        // the best validation score per method; among equal scores, the later in learning_rates
         let chosen: BTreeMap<String, f64> = validation_scores
             .iter()
             .map(|(m, scores)| {
@@ -495,7 +496,7 @@ impl<'a> Experiment<'a> {
         balora_io::fs::atomic_write(&c.output.join("summary.md"), report.markdown().as_bytes())?;
         #[cfg(feature = "plot")]
         {
-            plot::bars(&report, &c.output.join("scores.png"))?;
+            report.draw_scores(&c.output.join("scores.png"))?;
             plot::curves(&c.name, &curves, &c.output.join("curves.png"))?;
             if let Some((_, f)) = pictures.first() {
                 let panels: Vec<plot::Panel<'_>> = spreads
@@ -591,6 +592,13 @@ impl ExperimentReport {
     /// Read a grid's `summary.json`.
     pub fn read(path: &Path) -> Result<Self, IoError> {
         read_json(path)
+    }
+
+    /// Draw `scores.png` (accuracy bars with error bars per evaluation set) from this report:
+    /// what `experiment --render DIR` redraws for a committed grid.
+    #[cfg(feature = "plot")]
+    pub fn draw_scores(&self, path: &Path) -> Result<(), ExperimentError> {
+        Ok(plot::bars(self, path)?)
     }
 
     /// The Markdown table: one row per method, one column per evaluation set, mean ± sd
@@ -797,6 +805,68 @@ mod tests {
             (MethodName::Balora, crate::finetune::Preset::Iclr2026)
         );
         assert_eq!(c.run_config(&runs[0], t, e).preset, c.base.preset);
+    }
+
+    /// Every committed grid under `bench/results/experiments/` (what docs/results.md quotes)
+    /// reads back, and its chosen rates and summaries are what its committed runs' own
+    /// `summary.json` and `eval-*.json` files give.
+    #[test]
+    fn committed_grids_agree_with_their_runs() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results/experiments");
+        let mut grids = 0;
+        for entry in std::fs::read_dir(&root).unwrap() {
+            let dir = entry.unwrap().path();
+            let report = ExperimentReport::read(&dir.join("summary.json")).unwrap();
+            for (method, sets) in &report.results {
+                // the rate: the best validation score over the method's selection runs
+                let mut validation = Vec::new();
+                for run in std::fs::read_dir(dir.join("select").join(method)).unwrap() {
+                    let run = run.unwrap().path();
+                    let lr: f64 = run.file_name().unwrap().to_str().unwrap()[3..]
+                        .parse()
+                        .unwrap();
+                    let r = FinetuneReport::read(&run.join(SUMMARY)).unwrap();
+                    validation.push((lr, selection_score(&r.eval_after)));
+                }
+                // the committed grids list increasing rates: a tie goes to the larger one
+                validation.sort_by(|a, b| a.0.total_cmp(&b.0));
+                let best = validation
+                    .iter()
+                    .max_by(|a, b| a.1.total_cmp(&b.1))
+                    .unwrap();
+                assert_eq!(
+                    report.chosen_lr[method],
+                    best.0,
+                    "{}: {method}",
+                    dir.display()
+                );
+                let first = sets.keys().next().unwrap();
+                for (set, summary) in sets {
+                    let mut scores = Vec::new();
+                    for seed in std::fs::read_dir(dir.join("runs").join(method)).unwrap() {
+                        let seed = seed.unwrap().path();
+                        scores.push(if set == first {
+                            FinetuneReport::read(&seed.join(SUMMARY))
+                                .unwrap()
+                                .eval_after
+                        } else {
+                            read_json(&seed.join(format!("eval-{set}.json"))).unwrap()
+                        });
+                    }
+                    let want = summarise(&scores);
+                    let close = |a: &Summary, b: &Summary| {
+                        a.n == b.n && (a.mean - b.mean).abs() < 1e-12 && (a.sd - b.sd).abs() < 1e-12
+                    };
+                    assert!(
+                        close(&summary.accuracy, &want.accuracy),
+                        "{}: {method} on {set}",
+                        dir.display()
+                    );
+                }
+            }
+            grids += 1;
+        }
+        assert!(grids >= 2, "{grids} grids in {}", root.display());
     }
 
     #[test]

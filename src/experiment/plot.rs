@@ -42,20 +42,10 @@ pub(super) fn bars(report: &ExperimentReport, path: &Path) -> Result<(), TrainEr
         .y_label_area_size(56)
         .build_cartesian_2d(0f64..slots as f64, 0f64..top)
         .map_err(|e| err(&e))?;
-    let label = |x: &f64| {
-        let group = (*x as usize) / (methods.len() + 1);
-        let within = (*x as usize) % (methods.len() + 1);
-        if within == methods.len() / 2 {
-            sets.get(group).map_or(String::new(), |s| s.to_string())
-        } else {
-            String::new()
-        }
-    };
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .x_labels(slots)
-        .x_label_formatter(&label)
+        .x_labels(0)
         .y_desc("accuracy (%), mean ± sd over seeds")
         .draw()
         .map_err(|e| err(&e))?;
@@ -85,6 +75,13 @@ pub(super) fn bars(report: &ExperimentReport, path: &Path) -> Result<(), TrainEr
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
         chart.draw_series(whiskers).map_err(|e| err(&e))?;
     }
+    // each evaluation set's name above its group of bars: axis labels at evenly spaced
+    // positions get thinned by plotters, which dropped every other set's name
+    let names = sets.iter().enumerate().map(|(si, set)| {
+        let x = (si * (methods.len() + 1)) as f64 + 0.1;
+        Text::new(set.to_string(), (x, top * 0.985), ("sans-serif", 16))
+    });
+    chart.draw_series(names).map_err(|e| err(&e))?;
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
