@@ -54,6 +54,9 @@ pub struct ExperimentConfig {
     /// validation split is carved; the evaluation sets stay clean.
     #[serde(default)]
     pub training_data: TrainingData,
+    /// What the learning rate is chosen by (default: accuracy for nlu, response loss for nlg).
+    #[serde(default)]
+    pub selection_metric: Option<SelectionMetric>,
     /// Methods whose pooled features of the first evaluation set (first seed's final run) are
     /// drawn side by side in `features.png` by PCA, each with its silhouette score (NLU).
     #[serde(default)]
@@ -99,6 +102,10 @@ pub struct ExperimentReport {
     pub name: String,
     /// The chosen learning rate per method.
     pub chosen_lr: BTreeMap<String, f64>,
+    /// What the rates were chosen by (absent in grids written before it could be chosen:
+    /// the task's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection_metric: Option<SelectionMetric>,
     /// Validation score per method and learning rate (the selection's evidence).
     pub validation: BTreeMap<String, Vec<(f64, f64)>>,
     /// The standard deviation of the validation score across the learning-rate grid, per
@@ -218,6 +225,18 @@ impl ExperimentConfig {
         if !self.training_data.is_identity() && self.base.task != TaskKind::Nlu {
             return bad("training_data changes labels: they need base.task = \"nlu\"");
         }
+        let metric = self.selection_metric();
+        let task_has_it = match metric {
+            SelectionMetric::Accuracy => true,
+            SelectionMetric::MacroF1 => self.base.task == TaskKind::Nlu,
+            SelectionMetric::ResponseLoss => self.base.task == TaskKind::Nlg,
+        };
+        if !task_has_it {
+            return bad(&format!(
+                "selection_metric {metric:?} is not reported by task {:?}",
+                self.base.task
+            ));
+        }
         if !self.feature_picture.is_empty() && self.base.task != TaskKind::Nlu {
             return bad("feature_picture draws a classifier's features: base.task = \"nlu\"");
         }
@@ -242,6 +261,12 @@ impl ExperimentConfig {
             reason: format!("base: {e}"),
         })?;
         Ok(())
+    }
+
+    /// What the learning rate is chosen by.
+    pub fn selection_metric(&self) -> SelectionMetric {
+        self.selection_metric
+            .unwrap_or(SelectionMetric::of_task(self.base.task))
     }
 
     /// The selection runs: every method × learning rate, first seed.
@@ -309,10 +334,43 @@ impl ExperimentConfig {
     }
 }
 
-/// The selection score of a run: validation response loss where the task has one (lower is
-/// better, so negated), else accuracy.
-fn selection_score(scores: &Scores) -> f64 {
-    scores.response_loss.map_or(scores.accuracy, |l| -l)
+/// What the learning rate is chosen by, on the validation split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SelectionMetric {
+    /// Accuracy (the default for classification).
+    Accuracy,
+    /// Macro-F1 (classification): on imbalanced data, where predicting the majority class
+    /// everywhere scores the majority's share in accuracy.
+    MacroF1,
+    /// Response loss, lower is better (the default for causal LMs: it moves long before a
+    /// small model's accuracy does).
+    ResponseLoss,
+}
+
+impl SelectionMetric {
+    /// The default of a task.
+    pub fn of_task(task: TaskKind) -> Self {
+        match task {
+            TaskKind::Nlu => Self::Accuracy,
+            TaskKind::Nlg => Self::ResponseLoss,
+        }
+    }
+
+    /// The score of a run, higher is better (a loss negated); `None` when the run's task does
+    /// not report the metric.
+    pub fn score(self, scores: &Scores) -> Option<f64> {
+        match self {
+            Self::Accuracy => Some(scores.accuracy),
+            Self::MacroF1 => scores.macro_f1,
+            Self::ResponseLoss => scores.response_loss.map(|l| -l),
+        }
+    }
+}
+
+/// A run's validation score by `metric` (checked against the task before any run).
+fn selection_score(metric: SelectionMetric, scores: &Scores) -> f64 {
+    metric.score(scores).unwrap_or(f64::NAN)
 }
 
 /// Runs a grid. `run` executes one fine-tuning run (normally [`crate::finetune::finetune`];
@@ -410,7 +468,10 @@ impl<'a> Experiment<'a> {
             validation_scores
                 .entry(spec.method.to_string())
                 .or_default()
-                .push((spec.lr, selection_score(&report.eval_after)));
+                .push((
+                    spec.lr,
+                    selection_score(c.selection_metric(), &report.eval_after),
+                ));
         }
         // the best validation score per method; among equal scores, the later in learning_rates
         let chosen: BTreeMap<String, f64> = validation_scores
@@ -485,6 +546,7 @@ impl<'a> Experiment<'a> {
         let report = ExperimentReport {
             name: c.name.clone(),
             chosen_lr: chosen,
+            selection_metric: Some(c.selection_metric()),
             validation: validation_scores,
             lr_sd,
             results,
@@ -715,6 +777,7 @@ mod tests {
                 ("shifted".to_string(), dir.join("test-b.jsonl")),
             ]),
             training_data: TrainingData::default(),
+            selection_metric: None,
             feature_picture: Vec::new(),
             output: dir.join("out"),
         }
@@ -789,6 +852,32 @@ mod tests {
     }
 
     #[test]
+    fn the_selection_metric_scores_higher_as_better() {
+        let s = Scores {
+            accuracy: 0.9,
+            macro_f1: Some(0.47),
+            mcc: None,
+            response_loss: None,
+        };
+        assert_eq!(SelectionMetric::Accuracy.score(&s), Some(0.9));
+        assert_eq!(SelectionMetric::MacroF1.score(&s), Some(0.47));
+        assert_eq!(SelectionMetric::ResponseLoss.score(&s), None);
+        let lm = Scores {
+            response_loss: Some(0.5),
+            macro_f1: None,
+            ..s
+        };
+        assert_eq!(SelectionMetric::ResponseLoss.score(&lm), Some(-0.5));
+        let toml = "selection_metric = \"macro_f1\"";
+        #[derive(Deserialize)]
+        struct Key {
+            selection_metric: SelectionMetric,
+        }
+        let k: Key = toml::from_str(toml).unwrap();
+        assert_eq!(k.selection_metric, SelectionMetric::MacroF1);
+    }
+
+    #[test]
     fn a_preset_method_runs_balora_with_that_preset() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = config(dir.path());
@@ -826,7 +915,10 @@ mod tests {
                         .parse()
                         .unwrap();
                     let r = FinetuneReport::read(&run.join(SUMMARY)).unwrap();
-                    validation.push((lr, selection_score(&r.eval_after)));
+                    let metric = report
+                        .selection_metric
+                        .unwrap_or(SelectionMetric::of_task(r.task));
+                    validation.push((lr, selection_score(metric, &r.eval_after)));
                 }
                 // the committed grids list increasing rates: a tie goes to the larger one
                 validation.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -901,6 +993,8 @@ mod tests {
             c.base.task = TaskKind::Nlg;
         });
         assert!(e.contains("base.task"), "{e}");
+        let e = refused(&|c| c.selection_metric = Some(SelectionMetric::ResponseLoss));
+        assert!(e.contains("selection_metric ResponseLoss"), "{e}");
         let e = refused(&|c| c.learning_rates = vec![0.0]);
         assert!(e.contains("learning rate 0"), "{e}");
     }
