@@ -32,7 +32,7 @@ pub(super) fn bars(report: &ExperimentReport, path: &Path) -> Result<(), TrainEr
         .fold(0.0f64, f64::max)
         .max(0.01)
         * 100.0
-        * 1.1;
+        * 1.3; // room above the bars for the sets' names and the legend
     let root = BitMapBackend::new(path, (960, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
@@ -79,11 +79,23 @@ pub(super) fn bars(report: &ExperimentReport, path: &Path) -> Result<(), TrainEr
     // positions get thinned by plotters, which dropped every other set's name
     let names = sets.iter().enumerate().map(|(si, set)| {
         let x = (si * (methods.len() + 1)) as f64 + 0.1;
-        Text::new(set.to_string(), (x, top * 0.985), ("sans-serif", 16))
+        let highest = report
+            .results
+            .values()
+            .filter_map(|s| s.get(*set))
+            .map(|m| 100.0 * (m.accuracy.mean + m.accuracy.sd))
+            .fold(0.0f64, f64::max);
+        // the text hangs below its anchor: just above the group's highest whisker
+        Text::new(
+            set.to_string(),
+            (x, highest + top * 0.08),
+            ("sans-serif", 16),
+        )
     });
     chart.draw_series(names).map_err(|e| err(&e))?;
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()
