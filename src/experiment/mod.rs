@@ -178,6 +178,9 @@ pub enum ExperimentError {
     },
 }
 
+/// The settings a grid gave a run, recorded in its folder before it starts.
+const RUN_CONFIG: &str = "grid-run.json";
+
 /// The folder name of a learning rate (`lr-3e-4`).
 fn lr_dir(lr: f64) -> String {
     format!("lr-{lr:e}")
@@ -402,6 +405,50 @@ impl<'a> Experiment<'a> {
         }
     }
 
+    /// Refuse to reuse a run folder (finished or interrupted) whose recorded settings differ
+    /// from what the grid would run now — e.g. a final run made at another chosen rate after
+    /// the grid's rates changed — naming the keys that differ. Folders from before the
+    /// settings were recorded are taken as they are.
+    fn same_settings(
+        &self,
+        spec: &RunSpec,
+        config: &FinetuneConfig,
+    ) -> Result<(), ExperimentError> {
+        let path = spec.dir.join(RUN_CONFIG);
+        if !path.is_file() {
+            return Ok(());
+        }
+        let was: FinetuneConfig = read_json(&path)?;
+        if &was == config {
+            return Ok(());
+        }
+        let (was, now) = (
+            serde_json::to_value(&was).unwrap_or_default(),
+            serde_json::to_value(config).unwrap_or_default(),
+        );
+        let keys: Vec<String> = now
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, v)| was.get(k.as_str()) != Some(*v))
+            .map(|(k, v)| {
+                format!(
+                    "{k} {} → {v}",
+                    was.get(k.as_str()).unwrap_or(&serde_json::Value::Null)
+                )
+            })
+            .collect();
+        Err(ExperimentError::Config {
+            name: self.config.name.clone(),
+            reason: format!(
+                "{} was run with other settings than the grid gives it now ({}); remove the \
+                 folder to run it again, or restore the grid",
+                spec.dir.display(),
+                keys.join(", ")
+            ),
+        })
+    }
+
     /// Run `spec` unless its folder already holds a finished run's `summary.json`.
     fn one(
         &mut self,
@@ -410,16 +457,15 @@ impl<'a> Experiment<'a> {
     ) -> Result<FinetuneReport, ExperimentError> {
         let summary = spec.dir.join(SUMMARY);
         let t0 = Instant::now();
+        self.same_settings(spec, &config)?;
         let how = if summary.is_file() {
             "done before"
         } else {
-            // the grid's own tree; a run refuses an output folder without a parent
-            if let Some(parent) = spec.dir.parent() {
-                std::fs::create_dir_all(parent).map_err(|source| IoError::Fs {
-                    path: parent.to_path_buf(),
-                    source,
-                })?;
-            }
+            std::fs::create_dir_all(&spec.dir).map_err(|source| IoError::Fs {
+                path: spec.dir.clone(),
+                source,
+            })?;
+            write_json(&spec.dir.join(RUN_CONFIG), &config)?;
             (self.run)(&config).map_err(|e| ExperimentError::Run {
                 dir: spec.dir.clone(),
                 source: Box::new(e),
@@ -1105,6 +1151,17 @@ mod tests {
         let again = Experiment::new(&c, &mut never, &mut |_| {}).run().unwrap();
         assert_eq!(again.results, report.results);
         assert_eq!(again.chosen_lr, report.chosen_lr);
+        // new rates move LoRA's choice (a tie between 1e-4 and 3e-4 goes to 3e-4): its final
+        // runs, made at 1e-3, are refused rather than reused
+        c.learning_rates = vec![1e-4, 3e-4];
+        let e = Experiment::new(&c, &mut fake, &mut |_| {})
+            .run()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("runs/lora/seed-1") && e.contains("lr 0.001 → 0.0003"),
+            "{e}"
+        );
     }
 
     /// Equal JSON values, numbers to a relative 1e-12.
