@@ -30,6 +30,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{ChiSquared, Distribution, StandardNormal, StandardUniform};
 
+use crate::AdapterError;
 use crate::special::{digamma, lgamma};
 
 /// MonteCLoRA's knobs (peft `MontecloraConfig` defaults).
@@ -92,22 +93,33 @@ impl MonteClora {
             Tensor::<1>::from_data(TensorData::new(v, [n]), (&like.device(), like.dtype()))
         };
         let std_prior = uniform(rank);
-        Self::from_parameters(std_prior, uniform(config.num_samples), config.clone())
+        let eta = uniform(config.num_samples);
+        Self::from_parameters(std_prior, eta, config.clone()).expect("η drawn with N entries")
     }
 
     /// The variant from given parameters ρ `[r]` and η `[N]` (`N = config.num_samples`), with
-    /// no sample drawn yet.
+    /// no sample drawn yet. An η of another length is refused: every forward mixes exactly N
+    /// perturbations, one weight each.
     pub fn from_parameters(
         std_prior: Tensor<1>,
         expert_weights_prior: Tensor<1>,
         config: MonteCloraConfig,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, AdapterError> {
+        let [n] = expert_weights_prior.dims();
+        if n != config.num_samples {
+            return Err(AdapterError::Shape {
+                layer: "MonteClora::from_parameters".into(),
+                what: "expert_weights_prior (η)",
+                expected: vec![config.num_samples],
+                found: vec![n],
+            });
+        }
+        Ok(Self {
             std_prior: Param::from_tensor(std_prior),
             expert_weights_prior: Param::from_tensor(expert_weights_prior),
             config,
             sample: None,
-        }
+        })
     }
 
     /// ρ `[r]`, the trainable log standard deviations.

@@ -32,9 +32,25 @@ fn config(textbook: bool, scaler: f64) -> MonteCloraConfig {
 }
 
 fn monteclora(rho: Tensor<1>, eta: Tensor<1>, d: &Device, cfg: MonteCloraConfig) -> MonteClora {
-    let mut mc = MonteClora::from_parameters(rho, eta, cfg);
+    let mut mc = MonteClora::from_parameters(rho, eta, cfg).unwrap();
     mc.set_sample(Some(sample(d)));
     mc
+}
+
+#[test]
+fn an_eta_of_another_length_than_n_is_refused() {
+    let d = Device::flex();
+    let t = |v: Vec<f64>| {
+        let n = v.len();
+        Tensor::<1>::from_data(burn::tensor::TensorData::new(v, [n]), &d)
+    };
+    let e = MonteClora::from_parameters(t(vec![0.1, 0.2]), t(vec![0.5; 3]), config(false, 1e-4))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("expert_weights_prior") && e.contains("[2]") && e.contains("[3]"),
+        "{e}"
+    );
 }
 
 /// The example's layer: W = 0 (so the output is the LoRA delta), A, B, s = 2.
@@ -183,7 +199,12 @@ fn scaler_zero_is_plain_lora_exactly() {
 #[test]
 fn drawn_samples_are_reproducible_and_differ_by_seed() {
     let d = f64_device();
-    let (_, _, rho, eta, _) = inputs(&d);
+    let (_, _, rho, _, _) = inputs(&d);
+    // η needs N = 4 entries
+    let eta = Tensor::<1>::from_data(
+        burn::tensor::TensorData::new(vec![0.1, 0.2, 0.3, 0.4], [4]),
+        &d,
+    );
     let draw = |seed| {
         let mut mc = monteclora(
             rho.clone(),
