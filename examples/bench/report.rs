@@ -450,3 +450,47 @@ impl Results {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every committed results file reads back as `Results` and writes back the same values,
+    /// recomputing its goals from its rows gives the goals it records, and its table and chart
+    /// render.
+    #[test]
+    fn committed_results_read_back_and_recompute_their_goals() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results");
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut files, mut recomputed) = (0, 0);
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let file: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let results: Results = serde_json::from_value(file.clone()).unwrap();
+            let back = serde_json::to_value(&results).unwrap();
+            for (key, value) in file.as_object().unwrap() {
+                assert_eq!(back.get(key), Some(value), "{}: {key}", path.display());
+            }
+            // files written before the goals were last redefined record other goals
+            let mut again = results.clone();
+            again.check_goals();
+            let names = |r: &Results| r.goals.iter().map(|g| g.name.clone()).collect::<Vec<_>>();
+            if names(&again) == names(&results) {
+                recomputed += 1;
+                for (a, b) in again.goals.iter().zip(&results.goals) {
+                    let close = (a.value - b.value).abs() <= 1e-12 * b.value.abs().max(1e-300);
+                    assert!(close && a.met == b.met, "{}: {}", path.display(), b.name);
+                }
+            }
+            assert!(results.table().contains('|'));
+            results.plot(&tmp.path().join("chart.png")).unwrap();
+            files += 1;
+        }
+        assert!(files >= 4, "{files} results files in {}", dir.display());
+        assert!(recomputed >= 1, "no results file has the current goals");
+    }
+}
