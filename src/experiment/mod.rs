@@ -559,7 +559,7 @@ impl<'a> Experiment<'a> {
                 .or_default()
                 .push(report.eval_after);
             for (name, set) in c.eval_sets.iter().skip(1) {
-                let s = evaluate_saved(&mut *self.run, c, &spec, &train, name, set)?;
+                let s = evaluate_saved(&mut *self.run, c, &spec, (&train, set), name)?;
                 by_set.entry(name.clone()).or_default().push(s);
             }
         }
@@ -567,7 +567,8 @@ impl<'a> Experiment<'a> {
         let mut pictures = Vec::new();
         for spec in c.final_runs(&chosen) {
             if spec.seed == c.seeds[0] && c.feature_picture.contains(&spec.method) {
-                let f = saved_features(&mut *self.run, c, &spec, &train, first_name, first_set)?;
+                let data = (train.as_path(), first_set.as_path());
+                let f = saved_features(&mut *self.run, c, &spec, data, first_name)?;
                 pictures.push((spec.method.to_string(), f));
             }
         }
@@ -629,56 +630,61 @@ impl<'a> Experiment<'a> {
     }
 }
 
+/// Evaluate a final run's saved adapter alone on `set`, into `<run>/<label>`, with `edit`
+/// applied to the run's settings.
+fn run_saved(
+    run: &mut dyn FnMut(&FinetuneConfig) -> Result<FinetuneReport, FinetuneError>,
+    c: &ExperimentConfig,
+    spec: &RunSpec,
+    (train, set): (&Path, &Path),
+    label: &str,
+    edit: impl FnOnce(&mut FinetuneConfig),
+) -> Result<FinetuneReport, ExperimentError> {
+    let mut config = FinetuneConfig {
+        eval_only: Some(spec.dir.join("adapter")),
+        output: Some(spec.dir.join(label)),
+        resume: false,
+        ..c.run_config(spec, train, set)
+    };
+    edit(&mut config);
+    run(&config).map_err(|e| ExperimentError::Run {
+        dir: spec.dir.clone(),
+        source: Box::new(e),
+    })
+}
+
 /// Score a final run's saved adapter on another evaluation set (cached in
 /// `eval-<name>.json`, so a resumed grid does not evaluate twice).
 fn evaluate_saved(
     run: &mut dyn FnMut(&FinetuneConfig) -> Result<FinetuneReport, FinetuneError>,
     c: &ExperimentConfig,
     spec: &RunSpec,
-    train: &Path,
+    data: (&Path, &Path),
     name: &str,
-    set: &Path,
 ) -> Result<Scores, ExperimentError> {
     let cache = spec.dir.join(format!("eval-{name}.json"));
     if cache.is_file() {
         return Ok(read_json(&cache)?);
     }
-    let config = FinetuneConfig {
-        eval_only: Some(spec.dir.join("adapter")),
-        output: Some(spec.dir.join(format!("eval-{name}"))),
-        resume: false,
-        ..c.run_config(spec, train, set)
-    };
-    let report = run(&config).map_err(|e| ExperimentError::Run {
-        dir: spec.dir.clone(),
-        source: Box::new(e),
-    })?;
+    let report = run_saved(run, c, spec, data, &format!("eval-{name}"), |_| {})?;
     write_json(&cache, &report.eval_after)?;
     Ok(report.eval_after)
 }
 
-/// The pooled features of a final run's saved adapter on `set` (cached in
+/// The pooled features of a final run's saved adapter on an evaluation set (cached in
 /// `features-<name>.json`).
 fn saved_features(
     run: &mut dyn FnMut(&FinetuneConfig) -> Result<FinetuneReport, FinetuneError>,
     c: &ExperimentConfig,
     spec: &RunSpec,
-    train: &Path,
+    data: (&Path, &Path),
     name: &str,
-    set: &Path,
 ) -> Result<PooledFeatures, ExperimentError> {
     let path = spec.dir.join(format!("features-{name}.json"));
     if !path.is_file() {
-        let config = FinetuneConfig {
-            eval_only: Some(spec.dir.join("adapter")),
-            output: Some(spec.dir.join(format!("features-{name}"))),
-            resume: false,
-            features_to: Some(path.clone()),
-            ..c.run_config(spec, train, set)
-        };
-        run(&config).map_err(|e| ExperimentError::Run {
-            dir: spec.dir.clone(),
-            source: Box::new(e),
+        let to = path.clone();
+        run_saved(run, c, spec, data, &format!("features-{name}"), |cfg| {
+            cfg.features_to = Some(to)
         })?;
     }
     Ok(PooledFeatures::read(&path)?)
