@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use balora_train::TrainError;
-use balora_train::metrics::{Line, StepMetrics, line_chart};
+use balora_train::metrics::{Line, StepMetrics, draw_legend, line_chart};
 use plotters::prelude::*;
 
 use super::{ExperimentReport, FeatureSpread};
@@ -93,13 +93,7 @@ pub(super) fn bars(report: &ExperimentReport, path: &Path) -> Result<(), TrainEr
         )
     });
     chart.draw_series(names).map_err(|e| err(&e))?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
+    draw_legend(&mut chart, SeriesLabelPosition::UpperRight).map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }
@@ -209,12 +203,7 @@ pub(super) fn features(
                 .label(name.as_str())
                 .legend(move |(x, y)| Circle::new((x + 6, y), 4, color.filled()));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| err(&e))?;
+        draw_legend(&mut chart, SeriesLabelPosition::MiddleRight).map_err(|e| err(&e))?;
     }
     root.present().map_err(|e| err(&e))?;
     Ok(())
