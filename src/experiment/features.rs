@@ -154,9 +154,14 @@ fn orthonormalise(v: &mut [Vec<f64>; 2]) {
 /// The mean silhouette of `labels` over `points` (Euclidean): for each point, `(b − a) /
 /// max(a, b)` with `a` its mean distance to the rest of its class and `b` the smallest mean
 /// distance to another class; a point alone in its class scores 0 (Rousseeuw's convention,
-/// scikit-learn's `silhouette_score`). `None` with fewer than two classes.
+/// scikit-learn's `silhouette_score`). `None` with fewer than two classes, or with labels that
+/// do not match the points (another count, or a class index beyond the number of points: the
+/// per-class sums are sized by the largest index, which a damaged file must not set).
 pub fn silhouette<P: AsRef<[f64]>>(points: &[P], labels: &[usize]) -> Option<f64> {
     let classes = labels.iter().copied().max().map_or(0, |m| m + 1);
+    if labels.len() != points.len() || classes > points.len() {
+        return None;
+    }
     let mut sizes = vec![0usize; classes];
     for &l in labels {
         sizes[l] += 1;
@@ -196,8 +201,13 @@ pub fn silhouette<P: AsRef<[f64]>>(points: &[P], labels: &[usize]) -> Option<f64
 }
 
 impl PooledFeatures {
-    /// The 2-D projection drawn and the separation scores.
+    /// The 2-D projection drawn and the separation scores; `None` unless the rows all have
+    /// one length, one gold class each, and two classes or more.
     pub fn spread(&self) -> Option<(Vec<[f64; 2]>, FeatureSpread)> {
+        let d = self.rows.first().map_or(0, Vec::len);
+        if self.rows.iter().any(|r| r.len() != d) {
+            return None;
+        }
         let (points, explained) = pca_2d(&self.rows);
         let full: Vec<Vec<f64>> = self
             .rows
@@ -231,6 +241,9 @@ mod tests {
         let want = ((5.0 - 1.0) / 5.0 + (4.0 - 1.0) / 4.0) / 3.0;
         assert!((got - want).abs() < 1e-12);
         assert!(silhouette(&points, &[1, 1, 1, 1]).is_none());
+        // labels that do not fit the points are refused, never sized into an allocation
+        assert!(silhouette(&points, &[0, 0, 1]).is_none());
+        assert!(silhouette(&points, &[0, 0, 1, usize::MAX - 1]).is_none());
     }
 
     #[test]
@@ -271,5 +284,10 @@ mod tests {
         let (points, spread) = f.spread().unwrap();
         assert_eq!(points.len(), 3);
         assert!(spread.silhouette.is_finite() && spread.explained > 0.99);
+        let ragged = PooledFeatures {
+            rows: vec![vec![0.1, -2.5], vec![3.25], vec![-0.0, 7.0]],
+            ..f
+        };
+        assert!(ragged.spread().is_none());
     }
 }

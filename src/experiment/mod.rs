@@ -576,7 +576,10 @@ impl<'a> Experiment<'a> {
         for (method, f) in &pictures {
             let (points, spread) = f.spread().ok_or_else(|| ExperimentError::Config {
                 name: c.name.clone(),
-                reason: format!("{method}'s features hold fewer than two classes"),
+                reason: format!(
+                    "{method}'s features are not one row of equal length per example with two \
+                     or more classes"
+                ),
             })?;
             spreads.push((method.clone(), points, spread));
         }
