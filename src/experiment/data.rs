@@ -117,22 +117,14 @@ pub fn prepare(
         balora_io::fs::atomic_write(&path, out.as_bytes())?;
         path
     };
-    let (train, validation) = carve_validation(&source, fraction, seed, dir)?;
-    let rows = |p: &Path| -> Result<usize, ExperimentError> {
-        let text = balora_io::fs::read(p)?;
-        let lines = text
-            .split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty())
-            .count();
-        let header = matches!(p.extension().and_then(|e| e.to_str()), Some("tsv" | "csv"));
-        Ok(lines - usize::from(header))
-    };
-    summary.train_rows = rows(&train)?;
-    summary.validation_rows = rows(&validation)?;
+    let carved = carve_validation(&source, fraction, seed, dir)?;
     Ok(PreparedData {
-        train,
-        validation,
-        summary,
+        summary: DataSummary {
+            train_rows: carved.summary.train_rows,
+            validation_rows: carved.summary.validation_rows,
+            ..summary
+        },
+        ..carved
     })
 }
 
@@ -207,14 +199,15 @@ fn create_dir(dir: &Path) -> Result<(), ExperimentError> {
 }
 
 /// Split the training file's rows (its header kept on both sides for TSV/CSV) into a train
-/// and a validation file under `dir`, by a shuffle seeded with `seed`; returns their paths.
+/// and a validation file under `dir`, by a shuffle seeded with `seed`; returns their paths and
+/// row counts (no changes, so no flips or label counts).
 /// Deterministic, so a resumed grid finds the same split.
 pub fn carve_validation(
     train: &Path,
     fraction: f64,
     seed: u64,
     dir: &Path,
-) -> Result<(PathBuf, PathBuf), ExperimentError> {
+) -> Result<PreparedData, ExperimentError> {
     let text = String::from_utf8_lossy(&balora_io::fs::read(train)?).into_owned();
     let ext = train
         .extension()
@@ -249,7 +242,15 @@ pub fn carve_validation(
         Ok(path)
     };
     create_dir(dir)?;
-    Ok((write("train", rest)?, write("validation", valid)?))
+    Ok(PreparedData {
+        train: write("train", rest)?,
+        validation: write("validation", valid)?,
+        summary: DataSummary {
+            train_rows: rest.len(),
+            validation_rows: valid.len(),
+            ..DataSummary::default()
+        },
+    })
 }
 
 #[cfg(test)]
@@ -291,7 +292,8 @@ mod tests {
             &dir.path().join("a"),
         )
         .unwrap();
-        let (t, v) = carve_validation(&train, 0.25, 3, &dir.path().join("b")).unwrap();
+        let carved = carve_validation(&train, 0.25, 3, &dir.path().join("b")).unwrap();
+        let (t, v) = (carved.train, carved.validation);
         let read = |p: &Path| std::fs::read(p).unwrap();
         assert_eq!((read(&p.train), read(&p.validation)), (read(&t), read(&v)));
         assert!(!dir.path().join("a/prepared.jsonl").exists());

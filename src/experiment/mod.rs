@@ -229,12 +229,7 @@ impl ExperimentConfig {
             return bad("training_data changes labels: they need base.task = \"nlu\"");
         }
         let metric = self.selection_metric();
-        let task_has_it = match metric {
-            SelectionMetric::Accuracy => true,
-            SelectionMetric::MacroF1 => self.base.task == TaskKind::Nlu,
-            SelectionMetric::ResponseLoss => self.base.task == TaskKind::Nlg,
-        };
-        if !task_has_it {
+        if !metric.reported_by(self.base.task) {
             return bad(&format!(
                 "selection_metric {metric:?} is not reported by task {:?}",
                 self.base.task
@@ -357,6 +352,15 @@ impl SelectionMetric {
         match task {
             TaskKind::Nlu => Self::Accuracy,
             TaskKind::Nlg => Self::ResponseLoss,
+        }
+    }
+
+    /// Whether runs of `task` report the metric.
+    pub fn reported_by(self, task: TaskKind) -> bool {
+        match self {
+            Self::Accuracy => true,
+            Self::MacroF1 => task == TaskKind::Nlu,
+            Self::ResponseLoss => task == TaskKind::Nlg,
         }
     }
 
@@ -1080,8 +1084,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = config(dir.path());
         let train = c.base.train.clone().unwrap();
-        let (a, b) = carve_validation(&train, 0.25, 7, &dir.path().join("x")).unwrap();
-        let (a2, b2) = carve_validation(&train, 0.25, 7, &dir.path().join("y")).unwrap();
+        let carve = |d: &str| {
+            let p = carve_validation(&train, 0.25, 7, &dir.path().join(d)).unwrap();
+            (p.train, p.validation)
+        };
+        let ((a, b), (a2, b2)) = (carve("x"), carve("y"));
         let read = |p: &Path| std::fs::read_to_string(p).unwrap();
         assert_eq!((read(&a), read(&b)), (read(&a2), read(&b2)));
         let (t, v): (Vec<String>, Vec<String>) = (
